@@ -1,0 +1,49 @@
+"""The source contract the monitor consumes, and the message it carries.
+
+A source hands out batches (``poll``), each message with its partition and offset. The monitor
+processes a batch, snapshots its state, and only then calls ``commit`` with the next offsets to
+read, so that offsets and state move together (the Kafka connector builds on this).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Protocol, runtime_checkable
+
+__all__ = ["Message", "Source", "DeadLetterSink"]
+
+Kind = Literal["prediction", "feedback"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One raw event. ``kind`` is None in a mixed stream, where the fields tell it."""
+
+    value: bytes | str | Mapping[str, Any]
+    kind: Kind | None = None
+    key: bytes | str | None = None
+    topic: str = ""
+    partition: int = 0
+    offset: int = -1
+
+
+@runtime_checkable
+class Source(Protocol):
+    def poll(self, max_records: int, timeout: float) -> list[Message]:
+        """Up to ``max_records`` messages, waiting at most ``timeout`` seconds; [] if none came."""
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Record ``{(topic, partition): next offset}`` as processed and checkpointed."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True when a finite source (a file, a list) has nothing left to give."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class DeadLetterSink(Protocol):
+    """Where rejected events go, with the reason (Kafka: a dead-letter topic, reason in a header)."""
+
+    def send(self, message: Message, reason: str) -> None: ...

@@ -1,0 +1,186 @@
+"""Event schemas and decoding: the wire format of design section 2.
+
+Both the monitor and the producer SDK validate with these models, so a producer cannot send an
+event that the monitor would reject for its shape.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime
+from typing import Annotated, Any, Literal, Mapping, Union
+
+import pydantic_core
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from .errors import EventError
+
+__all__ = ["Prediction", "Feedback", "Event", "EventPolicy", "decode_event"]
+
+
+def _event_time(value: Any) -> Any:
+    # Epoch seconds, or an RFC 3339 string with an offset; naive times are ambiguous, so refused.
+    if isinstance(value, bool):
+        raise ValueError("ts must be epoch seconds or an RFC 3339 string, not a boolean")
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"ts {value[:40]!r} is not an RFC 3339 time") from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"ts {value[:40]!r} has no UTC offset (add 'Z' or '+00:00')")
+        return parsed.timestamp()
+    return value
+
+
+EventTime = Annotated[float, BeforeValidator(_event_time), Field(ge=0)]
+EventId = Annotated[str, Field(min_length=1, max_length=512)]
+Value = Union[bool, int, float, str]
+Score = Union[float, dict[str, float]]
+
+_CONFIG = ConfigDict(extra="allow", allow_inf_nan=False, frozen=True, strict=False)
+
+
+class Prediction(BaseModel):
+    """A model's answer to one request.
+
+    >>> p = Prediction(id="a1", ts=1700000000, prediction=1, score=0.8, segment={"version": "v3"})
+    >>> p.model, p.prediction
+    ('default', 1)
+    """
+
+    model_config = _CONFIG
+    kind: Literal["prediction"] = "prediction"
+    id: EventId
+    ts: EventTime
+    model: str = "default"
+    prediction: Value
+    score: Score | None = None
+    features: dict[str, Value | None] | None = None
+    segment: dict[str, str] | None = None
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Fields the schema does not know; kept, and ignored by built-in operators."""
+        return self.model_extra or {}
+
+
+class Feedback(BaseModel):
+    """The true value for a prediction id, known later. Its wire field is ``label``.
+
+    >>> Feedback(id="a1", ts="2023-11-14T22:13:20Z", label=1).ts
+    1700000000.0
+    """
+
+    model_config = _CONFIG
+    kind: Literal["feedback"] = "feedback"
+    id: EventId
+    ts: EventTime
+    label: Value
+    model: str | None = None
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self.model_extra or {}
+
+
+Event = Union[Prediction, Feedback]
+
+
+class EventPolicy(BaseModel):
+    """Limits applied to every incoming event, on top of the schema."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_event_bytes: int = Field(1 << 20, gt=0)
+    max_future_seconds: float = Field(86400.0, ge=0)
+
+
+_DEFAULT_POLICY = EventPolicy()
+_MODELS = {"prediction": Prediction, "feedback": Feedback}
+
+
+def _reason(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "event"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _kind_of(obj: Mapping[str, Any]) -> str:
+    kind = obj.get("kind")
+    if kind is not None:
+        if kind not in _MODELS:
+            raise EventError(f"kind: must be 'prediction' or 'feedback', got {str(kind)[:40]!r}")
+        return kind
+    if "label" in obj:
+        return "feedback"
+    if "prediction" in obj:
+        return "prediction"
+    raise EventError("event has neither 'prediction' nor 'label' (nor a 'kind')")
+
+
+def decode_event(
+    raw: bytes | str | Mapping[str, Any] | Event,
+    *,
+    kind: Literal["prediction", "feedback"] | None = None,
+    key: bytes | str | None = None,
+    policy: EventPolicy = _DEFAULT_POLICY,
+    now: float | None = None,
+) -> Event:
+    """Validate one event and return it, or raise :class:`EventError` with the reason.
+
+    ``kind`` is known when the topic tells it; otherwise the fields tell it (design section 2).
+    ``key`` is the Kafka message key, which must be the event's id.
+    """
+    try:
+        event = _validate(raw, kind, policy)
+    except ValidationError as exc:
+        raise EventError(_reason(exc), raw=raw) from None
+    except EventError as exc:
+        exc.raw = raw
+        raise
+    if key is not None:
+        if isinstance(key, bytes):
+            try:
+                key = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise EventError("message key is not valid UTF-8", raw=raw) from None
+        if key != event.id:
+            raise EventError(f"message key {key[:64]!r} differs from id {event.id[:64]!r}", raw=raw)
+    limit = (time.time() if now is None else now) + policy.max_future_seconds
+    if event.ts > limit:
+        raise EventError(
+            f"ts {event.ts:.0f} is more than {policy.max_future_seconds:.0f} s in the future", raw=raw
+        )
+    if isinstance(event, Prediction) and isinstance(event.prediction, float) and not math.isfinite(event.prediction):
+        raise EventError("prediction: must be finite", raw=raw)
+    return event
+
+
+def _validate(raw: Any, kind: str | None, policy: EventPolicy) -> Event:
+    if isinstance(raw, (Prediction, Feedback)):
+        if kind is not None and raw.kind != kind:
+            raise EventError(f"a {raw.kind} event on the {kind} stream")
+        return raw
+    if isinstance(raw, (bytes, bytearray, memoryview, str)):
+        size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
+        if size > policy.max_event_bytes:
+            raise EventError(f"event of {size} bytes exceeds max_event_bytes={policy.max_event_bytes}")
+        if kind is not None:
+            model = _MODELS[kind]
+            try:
+                return model.model_validate_json(raw)
+            except ValidationError as exc:
+                if exc.errors()[0]["type"] == "json_invalid":
+                    raise EventError(f"malformed JSON: {exc.errors()[0]['msg']}") from None
+                raise
+        try:
+            raw = pydantic_core.from_json(raw)
+        except ValueError as exc:
+            raise EventError(f"malformed JSON: {exc}") from None
+    if not isinstance(raw, Mapping):
+        raise EventError(f"event must be a JSON object, got {type(raw).__name__}")
+    model = _MODELS[kind or _kind_of(raw)]
+    return model.model_validate(raw)

@@ -1,0 +1,201 @@
+"""Exposition: a prometheus_client Collector that reads the monitor's state at scrape time."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import math
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Iterator, NamedTuple
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from .engine import OTHER
+
+if TYPE_CHECKING:
+    from .monitor import Monitor
+
+__all__ = ["Sample", "MonitorCollector", "MetricsServer"]
+
+PREFIX = "streammon_"
+MAX_OUTPUT_KEYS = 100
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Sample(NamedTuple):
+    """One published series: exactly a line of ``/metrics``."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class MonitorCollector:
+    """Yields one gauge family per metric (and its ``_count``) plus the self metrics."""
+
+    def __init__(self, monitor: "Monitor") -> None:
+        self.monitor = monitor
+        self._hist_counts = [0] * (len(_BUCKETS) + 1)
+        self._hist_sum = 0.0
+
+    def collect(self) -> Iterator[Metric]:
+        with self.monitor._lock:
+            yield from self._metric_families()
+            yield from self._self_families()
+
+    def _metric_families(self) -> Iterator[Metric]:
+        m = self.monitor
+        engine = m._engine
+        base = ["monitor", "model", "window", *engine.keys.segments]
+        for tracked, states in engine.metrics:
+            name = PREFIX + tracked.name
+            doc = f"{tracked.name} ({type(getattr(tracked.prototype, 'stat', tracked.prototype)).__name__} over {tracked.feed.stream}s)"
+            out = tracked.output_label
+            values = GaugeMetricFamily(name, doc, labels=base + [out] if out else base)
+            counts = GaugeMetricFamily(name + "_count", f"Events in the window of {tracked.name}", labels=base)
+            for state in states:
+                for code, count, op in state.series():
+                    labels = [m.name, *engine.keys.labels[code][:1], state.window.label, *engine.keys.labels[code][1:]]
+                    counts.add_metric(labels, count)
+                    value = self._value(tracked.name, state.window.label, op, count)
+                    if out is None:
+                        values.add_metric(labels, value if isinstance(value, float) else math.nan)
+                    elif isinstance(value, dict):
+                        for key, v in list(value.items())[:MAX_OUTPUT_KEYS]:
+                            values.add_metric(labels + [str(key)], float(v))
+            yield values
+            yield counts
+
+    def _value(self, name: str, window: str, op, count: int):
+        if count == 0:
+            return math.nan
+        try:
+            value = op.get()
+        except Exception as exc:  # noqa: BLE001 - a user finalizer must never break a scrape
+            self.monitor._engine._error_sink(name)(window, None, exc)
+            return math.nan
+        if isinstance(value, dict):
+            return value
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return math.nan
+
+    def _self_families(self) -> Iterator[Metric]:
+        m = self.monitor
+        engine, store = m._engine, m._engine.store
+        health = engine.health
+        mon = [m.name]
+        events = CounterMetricFamily(PREFIX + "events", "Events read, by topic and outcome", labels=["monitor", "topic", "outcome"])
+        for (topic, outcome), n in sorted(health.events.items()):
+            events.add_metric(mon + [topic, outcome], n)
+        yield events
+        pending = GaugeMetricFamily(PREFIX + "join_pending", "Entries waiting for the other side of the join", labels=["monitor", "side"])
+        pending.add_metric(mon + ["prediction"], store.pending_predictions)
+        pending.add_metric(mon + ["feedback"], store.pending_feedback)
+        yield pending
+        c = store.counts
+        joined = CounterMetricFamily(PREFIX + "joined", "Predictions joined with their feedback", labels=["monitor"])
+        joined.add_metric(mon, c.joined)
+        yield joined
+        for fam, doc, pred, fb in (
+            ("join_expired", "Join entries that timed out unmatched, by side", c.expired_predictions, c.expired_feedback),
+            ("join_evicted", "Join entries evicted past max_pending, by side", c.evicted_predictions, c.evicted_feedback),
+            ("duplicates", "Duplicate events ignored (same id, same side)", c.duplicate_predictions, c.duplicate_feedback),
+        ):
+            family = CounterMetricFamily(PREFIX + fam, doc, labels=["monitor", "side"])
+            family.add_metric(mon + ["prediction"], pred)
+            family.add_metric(mon + ["feedback"], fb)
+            yield family
+        late = CounterMetricFamily(PREFIX + "late_events", "Events too old to enter a sliding window", labels=["monitor", "window", "stream"])
+        for (window, stream), n in sorted(health.late.items()):
+            late.add_metric(mon + [window, stream], n)
+        yield late
+        errors = CounterMetricFamily(PREFIX + "operator_errors", "Events a metric's operator raised on", labels=["monitor", "metric", "window"])
+        for (metric, window), n in sorted(health.operator_errors.items()):
+            errors.add_metric(mon + [metric, window], n)
+        yield errors
+        overflow = CounterMetricFamily(PREFIX + "segment_overflow", f"Events whose label value went to {OTHER} (cardinality guard)", labels=["monitor", "label"])
+        for label, n in sorted(engine.keys.overflow.items()):
+            overflow.add_metric(mon + [label], n)
+        yield overflow
+        dead = CounterMetricFamily(PREFIX + "dead_letters", "Rejected events handed to the dead-letter sink", labels=["monitor"])
+        dead.add_metric(mon, health.dead_letters)
+        yield dead
+        stream_time = GaugeMetricFamily(PREFIX + "stream_time_seconds", "Largest event time seen (the watermark)", labels=["monitor"])
+        stream_time.add_metric(mon, engine.stream_time if math.isfinite(engine.stream_time) else math.nan)
+        yield stream_time
+        yield self._processing_histogram(health.batch_seconds)
+
+    def _processing_histogram(self, pending: list[float]) -> Metric:
+        # Batch durations are drained here, so the hot path only appends a float.
+        for s in pending:
+            self._hist_sum += s
+            for i, bound in enumerate(_BUCKETS):
+                if s <= bound:
+                    self._hist_counts[i] += 1
+                    break
+            else:
+                self._hist_counts[-1] += 1
+        pending.clear()
+        cumulative, buckets = 0, []
+        for bound, n in zip((*map(str, _BUCKETS), "+Inf"), self._hist_counts):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        hist = HistogramMetricFamily(PREFIX + "processing_seconds", "Time to process one batch of events", labels=["monitor"])
+        hist.add_metric([self.monitor.name], buckets, self._hist_sum)
+        return hist
+
+
+def samples(registry: CollectorRegistry) -> list[Sample]:
+    return [Sample(s.name, dict(s.labels), s.value) for family in registry.collect() for s in family.samples]
+
+
+class MetricsServer:
+    """``/metrics`` over HTTP(S) in a daemon thread, with optional basic auth."""
+
+    def __init__(self, registry: CollectorRegistry, *, host: str, port: int, certfile: str | None = None,
+                 keyfile: str | None = None, basic_auth: tuple[str, str] | None = None) -> None:
+        expected = None
+        if basic_auth is not None:
+            expected = "Basic " + base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if expected is not None and not hmac.compare_digest(self.headers.get("Authorization", ""), expected):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="streammon"')
+                    self.end_headers()
+                    return
+                if self.path.split("?")[0] not in ("/metrics", "/"):
+                    self.send_error(404)
+                    return
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                body = encoder(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        if certfile:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(certfile, keyfile)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.url = f"{'https' if certfile else 'http'}://{host}:{self.port}/metrics"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="streammon-metrics", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,228 @@
+"""The Monitor: what users register metrics on, feed events to, and scrape."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .connectors.base import DeadLetterSink, Message, Source
+from .engine import Engine, SeriesKeys
+from .errors import EventError, RegistrationError
+from .events import EventPolicy, decode_event
+from .exporter import MetricsServer, MonitorCollector, Sample, samples
+from .join import MemoryJoinStore
+from .registry import Tracked, register_function, register_operator
+from .windows import Cumulative, Sliding, Window, parse_duration
+
+__all__ = ["Monitor", "MonitorSettings"]
+
+log = logging.getLogger("streammon")
+_TOPIC = {"prediction": "predictions", "feedback": "feedback", None: "unknown"}
+
+
+class MonitorSettings(BaseModel):
+    """Every setting of a :class:`Monitor`, validated once (durations as seconds or '7d')."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    windows: tuple[Window, ...] = (Cumulative(), Sliding("1h"))
+    segments: tuple[str, ...] = ()
+    feedback_ttl: float = 7 * 86400.0
+    prediction_ttl: float = 3600.0
+    max_pending: int = Field(10_000_000, gt=0)
+    max_segment_values: int = Field(100, gt=0)
+    remember_joined: bool = True
+    batch_size: int = Field(4096, gt=0)
+    max_event_bytes: int = Field(1 << 20, gt=0)
+    max_future_seconds: float = Field(86400.0, ge=0)
+
+    @field_validator("feedback_ttl", "prediction_ttl", mode="before")
+    @classmethod
+    def _duration(cls, value: Any, info) -> float:
+        return parse_duration(value, what=info.field_name)
+
+
+class Monitor:
+    """Joins predictions with feedback and publishes incremental metrics over event-time windows.
+
+    >>> import streammon as sm
+    >>> from streammon import operators as ops
+    >>> monitor = sm.Monitor("demo", windows=[sm.Cumulative()])
+    >>> _ = monitor.track(ops.Accuracy())
+    >>> monitor.replay([
+    ...     {"id": "a", "ts": 1, "prediction": 1}, {"id": "a", "ts": 5, "label": 1},
+    ...     {"id": "b", "ts": 2, "prediction": 0}, {"id": "b", "ts": 6, "label": 1},
+    ... ])
+    >>> monitor.value("accuracy")
+    0.5
+    """
+
+    def __init__(self, name: str, *, dead_letter: DeadLetterSink | None = None, **settings: Any) -> None:
+        if not name or not isinstance(name, str):
+            raise RegistrationError("Monitor needs a name, e.g. sm.Monitor('fraud')")
+        try:
+            self.settings = MonitorSettings(**settings)
+        except Exception as exc:  # pydantic's message names the field and the problem
+            raise RegistrationError(f"Monitor({name!r}): {exc}") from None
+        s = self.settings
+        self.name = name
+        self.dead_letter = dead_letter
+        self._policy = EventPolicy(max_event_bytes=s.max_event_bytes, max_future_seconds=s.max_future_seconds)
+        store = MemoryJoinStore(feedback_ttl=s.feedback_ttl, prediction_ttl=s.prediction_ttl,
+                                max_pending=s.max_pending, remember_joined=s.remember_joined)
+        self._engine = Engine(store, SeriesKeys(s.segments, s.max_segment_values))
+        self._lock = threading.RLock()
+        self._rejected_logged = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(MonitorCollector(self))
+        self._server: MetricsServer | None = None
+        self._stop = threading.Event()
+
+    # -- registration -----------------------------------------------------------------------
+    @property
+    def metrics(self) -> list[Tracked]:
+        return [t for t, _ in self._engine.metrics]
+
+    def _add(self, tracked: Tracked) -> None:
+        with self._lock:
+            if self._engine.stream_time > float("-inf"):
+                raise RegistrationError(f"register {tracked.name!r} before the first event, so every metric sees the same events")
+            self._engine.add_metric(tracked)
+
+    def _taken(self) -> set[str]:
+        return {t.name for t in self.metrics}
+
+    def track(self, operator: Any, *, name: str | None = None, of: str | None = None,
+              windows: Sequence[Window] | None = None, time: Literal["prediction", "feedback"] = "prediction") -> Any:
+        """Track an operator (a built-in, any river metric or stat, or your own class).
+
+        ``of`` says what it reads (default: the operator's own ``of``, else the pair
+        ``(y_true, y_pred)``); ``time`` says whether a pair's event time is its prediction's
+        or its feedback's. Returns the operator, so ``acc = monitor.track(ops.Accuracy())`` reads well.
+        """
+        tracked = register_operator(operator, name=name, of=of, time=time,
+                                    windows=self.settings.windows if windows is None else windows, taken=self._taken())
+        self._add(tracked)
+        return operator
+
+    def metric(self, fn: Callable | None = None, *, stat: Any = None, name: str | None = None, of: str | None = None,
+               windows: Sequence[Window] | None = None, time: Literal["prediction", "feedback"] = "prediction") -> Callable:
+        """Register a function as a metric: ``@monitor.metric(stat=ops.ConfusionMatrix())`` runs it over
+        the statistic at publish time; ``@monitor.metric()`` publishes its running mean per event."""
+
+        def register(f: Callable) -> Callable:
+            tracked = register_function(f, stat=stat, name=name, of=of, time=time,
+                                        windows=self.settings.windows if windows is None else windows, taken=self._taken())
+            self._add(tracked)
+            return f
+
+        return register if fn is None else register(fn)
+
+    # -- feeding ----------------------------------------------------------------------------
+    def replay(self, events: Iterable[Any]) -> None:
+        """Process events in order: dicts, JSON bytes/str, :class:`Prediction`/:class:`Feedback`, or :class:`Message`."""
+        batch: list[Message] = []
+        size = self.settings.batch_size
+        for e in events:
+            batch.append(e if isinstance(e, Message) else Message(e))
+            if len(batch) >= size:
+                self.process(batch)
+                batch = []
+        if batch:
+            self.process(batch)
+
+    def process(self, messages: Sequence[Message]) -> None:
+        """Decode, validate and apply one batch; rejected events go to the dead-letter sink."""
+        events = []
+        policy = self._policy
+        now = time.time()
+        rejected: list[tuple[Message, str]] = []
+        for msg in messages:
+            try:
+                events.append(decode_event(msg.value, kind=msg.kind, key=msg.key, policy=policy, now=now))
+            except EventError as exc:
+                rejected.append((msg, exc.reason))
+        with self._lock:
+            if rejected:
+                self._reject(rejected)
+            self._engine.apply(events)
+
+    def _reject(self, rejected: list[tuple[Message, str]]) -> None:
+        health = self._engine.health
+        for msg, reason in rejected:
+            health.events[(_TOPIC[msg.kind] if msg.kind else self._guess_topic(msg), "rejected")] += 1
+            if self.dead_letter is not None:
+                try:
+                    self.dead_letter.send(msg, reason)
+                    health.dead_letters += 1
+                except Exception:  # noqa: BLE001 - a failing sink must not stop the monitor; the count shows it
+                    log.exception("dead-letter sink failed for a rejected event")
+            self._rejected_logged += 1
+            n = self._rejected_logged
+            if n <= 10 or n & (n - 1) == 0:  # the first ten, then at powers of two
+                log.warning("rejected event #%d (topic %s, partition %d, offset %d): %s",
+                            n, msg.topic or "-", msg.partition, msg.offset, reason)
+
+    @staticmethod
+    def _guess_topic(msg: Message) -> str:
+        value = msg.value
+        if isinstance(value, dict):
+            return _TOPIC.get(value.get("kind")) or ("feedback" if "label" in value else "predictions" if "prediction" in value else "unknown")
+        return "unknown"
+
+    def run(self, source: Source, *, max_records: int | None = None, poll_timeout: float = 0.5,
+            until: Callable[[], bool] | None = None) -> None:
+        """Consume ``source`` until it is exhausted, ``until()`` is true, or :meth:`stop` is called."""
+        size = max_records or self.settings.batch_size
+        self._stop.clear()
+        try:
+            while not self._stop.is_set() and not (until and until()):
+                batch = source.poll(size, poll_timeout)
+                if batch:
+                    self.process(batch)
+                    offsets: dict[tuple[str, int], int] = {}
+                    for msg in batch:
+                        offsets[(msg.topic, msg.partition)] = msg.offset + 1
+                    source.commit(offsets)
+                elif source.exhausted:
+                    break
+        finally:
+            source.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- reading ----------------------------------------------------------------------------
+    def values(self) -> list[Sample]:
+        """Every published sample, exactly what ``/metrics`` shows now."""
+        return samples(self.registry)
+
+    def value(self, metric: str, *, window: str | None = None, **labels: str) -> float:
+        """One metric's value; ``window`` defaults to the first window it lives in. Handy in tests and notebooks."""
+        tracked = next((t for t in self.metrics if t.name == metric), None)
+        if tracked is None:
+            raise KeyError(f"no metric named {metric!r}; tracked: {', '.join(t.name for t in self.metrics) or 'none'}")
+        window = window or tracked.windows[0].label
+        wanted = {"window": window, **labels}
+        found = [s.value for s in self.values() if s.name == "streammon_" + metric and all(s.labels.get(k) == v for k, v in wanted.items())]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} series of {metric!r} match {wanted}; name more labels")
+        return found[0]
+
+    def serve(self, port: int = 9108, *, host: str = "127.0.0.1", certfile: str | None = None,
+              keyfile: str | None = None, basic_auth: tuple[str, str] | None = None) -> MetricsServer:
+        """Serve ``/metrics`` in a background thread (``port=0`` picks a free port)."""
+        if self._server is not None:
+            self._server.close()
+        self._server = MetricsServer(self.registry, host=host, port=port, certfile=certfile, keyfile=keyfile, basic_auth=basic_auth)
+        return self._server
+
+    def close(self) -> None:
+        self.stop()
+        if self._server is not None:
+            self._server.close()
+            self._server = None

@@ -1,0 +1,261 @@
+"""Window state: how each window wraps operators, per series (model x segment).
+
+Rows arrive in batches as columns (numpy arrays) with an event time and a series code each.
+The window groups them by (series, pane), feeds each group to an operator in one call, and keeps
+per-pane partials so the oldest pane can leave the window exactly. Which strategy a sliding window
+uses follows from the operator's capabilities (see ``operators.base``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .operators.base import Capabilities, fresh_copy
+from .windows import Cumulative, Sliding, Window
+
+__all__ = ["WindowState", "ErrorSink", "make_state"]
+
+# Called as sink(window_label, event_id, exception) for every row an operator refused.
+ErrorSink = Callable[[str, Any, BaseException], None]
+
+
+def feed(op: Any, caps: Capabilities, cols: Sequence[np.ndarray], ids: np.ndarray, window: str, errors: ErrorSink) -> np.ndarray | None:
+    """Update ``op`` with the rows; return a mask of the rows it accepted (None: all of them)."""
+    if caps.update_many:
+        try:
+            op.update_many(*cols)
+            return None
+        except Exception:  # noqa: BLE001 - isolate the offending rows one by one below
+            pass
+    ok = np.ones(len(ids), dtype=bool)
+    update = op.update
+    for i, row in enumerate(zip(*cols)):
+        try:
+            update(*row)
+        except Exception as exc:  # noqa: BLE001 - a user operator must never stop the monitor
+            ok[i] = False
+            errors(window, ids[i], exc)
+    return None if ok.all() else ok
+
+
+def _groups(codes: np.ndarray, panes: np.ndarray | None) -> Iterator[tuple[int, int, np.ndarray | None]]:
+    """(code, pane, row indices or None for all rows) for each distinct (code, pane)."""
+    first_code = codes[0]
+    same_code = bool((codes == first_code).all())
+    if panes is None:
+        if same_code:
+            yield int(first_code), 0, None
+            return
+        for code in np.unique(codes):
+            yield int(code), 0, np.flatnonzero(codes == code)
+        return
+    if same_code and bool((panes == panes[0]).all()):
+        yield int(first_code), int(panes[0]), None
+        return
+    keys = np.stack([codes.astype(np.int64), panes])
+    uniq, inverse = np.unique(keys, axis=1, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(uniq.shape[1] + 1))
+    for g in range(uniq.shape[1]):
+        yield int(uniq[0, g]), int(uniq[1, g]), order[bounds[g] : bounds[g + 1]]
+
+
+def _take(cols: Sequence[np.ndarray], ids: np.ndarray, idx: np.ndarray | None):
+    if idx is None:
+        return cols, ids
+    return [c[idx] for c in cols], ids[idx]
+
+
+class WindowState:
+    """One metric in one window: an operator (or its panes) per series code."""
+
+    def __init__(self, window: Window, prototype: Any, caps: Capabilities, errors: ErrorSink) -> None:
+        self.window = window
+        self.prototype = prototype
+        self.caps = caps
+        self.errors = errors
+
+    def add(self, codes: np.ndarray, times: np.ndarray, cols: Sequence[np.ndarray], ids: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def advance(self, stream_time: float) -> None:
+        """Drop what the window no longer covers at ``stream_time``."""
+
+    def series(self) -> Iterator[tuple[int, int, Any]]:
+        """(code, count, operator holding the window's value) for each series."""
+        raise NotImplementedError
+
+
+class CumulativeState(WindowState):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.ops: dict[int, Any] = {}
+        self.counts: dict[int, int] = defaultdict(int)
+
+    def add(self, codes, times, cols, ids) -> None:
+        for code, _, idx in _groups(codes, None):
+            op = self.ops.get(code)
+            if op is None:
+                op = self.ops[code] = fresh_copy(self.prototype)
+            g_cols, g_ids = _take(cols, ids, idx)
+            ok = feed(op, self.caps, g_cols, g_ids, self.window.label, self.errors)
+            self.counts[code] += len(g_ids) if ok is None else int(ok.sum())
+
+    def series(self):
+        for code, op in self.ops.items():
+            yield code, self.counts[code], op
+
+
+class _Panes(WindowState):
+    """Shared pane bookkeeping of the sliding strategies."""
+
+    window: Sliding
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.first_pane = -(1 << 62)  # the oldest pane inside the window at the current stream time
+        self.panes: dict[int, dict[int, list]] = {}  # code -> pane -> [partial, count]
+
+    def advance(self, stream_time: float) -> None:
+        first = math.floor(stream_time / self.window.step) + 1 - self.window.panes
+        if first <= self.first_pane:
+            return
+        self.first_pane = first
+        for code, panes in self.panes.items():
+            stale = [p for p in panes if p < first]
+            for p in stale:
+                self._evict(code, panes.pop(p))
+
+    def add(self, codes, times, cols, ids) -> None:
+        pane_of = np.floor(times / self.window.step).astype(np.int64)
+        inside = pane_of >= self.first_pane
+        if not inside.all():
+            if not inside.any():
+                return
+            codes, pane_of, ids = codes[inside], pane_of[inside], ids[inside]
+            cols = [c[inside] for c in cols]
+        for code, pane, idx in _groups(codes, pane_of):
+            g_cols, g_ids = _take(cols, ids, idx)
+            self._add_group(code, pane, g_cols, g_ids)
+
+    def _pane(self, code: int, pane: int, make: Callable[[], Any]) -> list:
+        panes = self.panes.get(code)
+        if panes is None:
+            panes = self.panes[code] = {}
+        entry = panes.get(pane)
+        if entry is None:
+            entry = panes[pane] = [make(), 0]
+        return entry
+
+    def _add_group(self, code: int, pane: int, cols, ids) -> None:
+        raise NotImplementedError
+
+    def _evict(self, code: int, entry: list) -> None:
+        raise NotImplementedError
+
+
+class SubtractingPanes(_Panes):
+    """merge + subtract: a running total per series; an evicted pane is subtracted. O(1) per scrape."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.totals: dict[int, list] = {}
+
+    def _add_group(self, code, pane, cols, ids) -> None:
+        delta = fresh_copy(self.prototype)
+        ok = feed(delta, self.caps, cols, ids, self.window.label, self.errors)
+        n = len(ids) if ok is None else int(ok.sum())
+        if n == 0:
+            return
+        entry = self._pane(code, pane, lambda: fresh_copy(self.prototype))
+        entry[0].merge(delta)
+        entry[1] += n
+        total = self.totals.get(code)
+        if total is None:
+            total = self.totals[code] = [fresh_copy(self.prototype), 0]
+        total[0].merge(delta)
+        total[1] += n
+
+    def _evict(self, code, entry) -> None:
+        total = self.totals[code]
+        total[1] -= entry[1]
+        if total[1] == 0:
+            # Start afresh rather than keep the rounding left by subtracting floats.
+            total[0] = fresh_copy(self.prototype)
+        else:
+            total[0].subtract(entry[0])
+
+    def series(self):
+        for code, (op, count) in self.totals.items():
+            yield code, count, op
+
+
+class MergingPanes(_Panes):
+    """merge only: a partial per pane, combined at scrape time (O(panes) merges per series)."""
+
+    def _add_group(self, code, pane, cols, ids) -> None:
+        entry = self._pane(code, pane, lambda: fresh_copy(self.prototype))
+        ok = feed(entry[0], self.caps, cols, ids, self.window.label, self.errors)
+        entry[1] += len(ids) if ok is None else int(ok.sum())
+
+    def _evict(self, code, entry) -> None:
+        pass
+
+    def series(self):
+        for code, panes in self.panes.items():
+            combined = fresh_copy(self.prototype)
+            count = 0
+            for op, n in panes.values():
+                combined.merge(op)
+                count += n
+            yield code, count, combined
+
+
+class RevertingPanes(_Panes):
+    """revert only (river's way): one operator per series; each pane keeps its rows to revert them."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.totals: dict[int, list] = {}
+
+    def _add_group(self, code, pane, cols, ids) -> None:
+        total = self.totals.get(code)
+        if total is None:
+            total = self.totals[code] = [fresh_copy(self.prototype), 0]
+        ok = feed(total[0], self.caps, cols, ids, self.window.label, self.errors)
+        rows = list(zip(*cols)) if ok is None else [r for r, keep in zip(zip(*cols), ok) if keep]
+        entry = self._pane(code, pane, list)
+        entry[0].extend(rows)
+        entry[1] += len(rows)
+        total[1] += len(rows)
+
+    def _evict(self, code, entry) -> None:
+        total = self.totals[code]
+        total[1] -= entry[1]
+        if total[1] == 0:
+            total[0] = fresh_copy(self.prototype)
+            return
+        revert = total[0].revert
+        for row in entry[0]:
+            revert(*row)
+
+    def series(self):
+        for code, (op, count) in self.totals.items():
+            yield code, count, op
+
+
+def make_state(window: Window, prototype: Any, caps: Capabilities, errors: ErrorSink) -> WindowState:
+    if isinstance(window, Cumulative):
+        return CumulativeState(window, prototype, caps, errors)
+    if caps.merge and caps.subtract:
+        return SubtractingPanes(window, prototype, caps, errors)
+    if caps.merge:
+        return MergingPanes(window, prototype, caps, errors)
+    if caps.revert:
+        return RevertingPanes(window, prototype, caps, errors)
+    raise AssertionError("the registry refuses this operator for sliding windows")
