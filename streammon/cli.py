@@ -1,0 +1,324 @@
+"""The ``streammon`` command: ``replay`` files through an app, ``run`` an app serving ``/metrics``, ``demo``.
+
+Exit codes: 0 done, 1 failed while running, 2 the command cannot work as given (arguments, app,
+input files, a busy port). Results go to stdout, progress and errors to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterator, Sequence
+
+from .errors import RegistrationError, SourceError, StreamMonError
+from .monitor import Monitor
+
+__all__ = ["main", "load_app", "AppLoadError"]
+
+log = logging.getLogger("streammon")
+
+
+class AppLoadError(StreamMonError):
+    """The ``--app`` spec names nothing that is a :class:`~streammon.Monitor`. The message says what to fix."""
+
+
+class _UsageError(Exception):
+    pass
+
+
+# -- loading the app --------------------------------------------------------------------------
+def load_app(spec: str) -> Monitor:
+    """The Monitor named by ``spec``: ``"pkg.module:attr"`` or ``"path/to/app.py:attr"``.
+
+    ``attr`` defaults to ``monitor``. A file is imported as a script is run: its directory goes on
+    ``sys.path`` so it can import its neighbours; a module name is looked up from the current directory too.
+    """
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not attr or any(c in attr for c in "/\\") or attr.endswith(".py"):
+        target, attr = spec, "monitor"
+    if not target:
+        raise AppLoadError(f"--app {spec!r} names no module; write it as app.py:monitor or package.module:monitor")
+    module = _import_file(target) if target.endswith(".py") or os.sep in target or "/" in target else _import_module(target)
+    if not hasattr(module, attr):
+        found = [name for name, value in vars(module).items() if isinstance(value, Monitor)]
+        hint = (f"Monitor objects in it: {', '.join(found)}; write --app {target}:{found[0]}" if found
+                else "it defines no Monitor; create one at module level, e.g. monitor = sm.Monitor('taxi')")
+        raise AppLoadError(f"{target!r} has no attribute {attr!r}; {hint}")
+    monitor = getattr(module, attr)
+    if not isinstance(monitor, Monitor):
+        raise AppLoadError(
+            f"{target}:{attr} is a {type(monitor).__name__}, not a streammon.Monitor; point --app at the object "
+            f"created with sm.Monitor(...), e.g. {target}:monitor"
+        )
+    return monitor
+
+
+def _import_file(target: str) -> ModuleType:
+    path = Path(target)
+    if not path.is_file():
+        raise AppLoadError(f"app file {target!r} does not exist (looked in {Path.cwd()})")
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(f"streammon_app_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise AppLoadError(f"cannot import {target!r} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so dataclasses and pickling inside the app find their module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(spec.name, None)
+        raise AppLoadError(_import_failure(target, exc)) from exc
+    return module
+
+
+def _import_module(target: str) -> ModuleType:
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
+            raise AppLoadError(f"no module named {target!r}; run from the directory that contains it, "
+                               f"or give a file path such as path/to/app.py:monitor") from exc
+        raise AppLoadError(_import_failure(target, exc)) from exc
+    except Exception as exc:
+        raise AppLoadError(_import_failure(target, exc)) from exc
+
+
+def _import_failure(target: str, exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = next((f"{f.filename}:{f.lineno}" for f in reversed(frames) if "importlib" not in f.filename), "")
+    return f"importing {target!r} raised {type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
+
+
+# -- reading results --------------------------------------------------------------------------
+def _results(monitor: Monitor) -> list[dict[str, Any]]:
+    """Each tracked metric's published samples, with the count of events in its window."""
+    samples = monitor.values()
+    out = []
+    for tracked in monitor.metrics:
+        name = "streammon_" + tracked.name
+        counts = {_key(s.labels, None): s.value for s in samples if s.name == name + "_count"}
+        for s in samples:
+            if s.name == name:
+                value = None if math.isnan(s.value) else s.value
+                out.append({"name": s.name, "labels": s.labels, "value": value,
+                            "count": int(counts.get(_key(s.labels, tracked.output_label), 0))})
+    return out
+
+
+def _key(labels: dict[str, str], drop: str | None) -> tuple:
+    return tuple(sorted((k, v) for k, v in labels.items() if k != drop))
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    header = ("metric", "labels", "value", "count")
+    lines = [header] + [
+        (r["name"].removeprefix("streammon_"),
+         " ".join(f"{k}={v}" for k, v in r["labels"].items() if k != "monitor"),
+         "nan" if r["value"] is None else f"{r['value']:.6g}",
+         str(r["count"]))
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(4)]
+    return "\n".join(
+        f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d:>{widths[3]}}".rstrip() for a, b, c, d in lines
+    )
+
+
+def _health(monitor: Monitor) -> str:
+    totals: dict[str, float] = {}
+    for s in monitor.values():
+        if s.name == "streammon_events_total":
+            outcome = s.labels["outcome"]
+            key = f"{s.labels['topic']} {outcome}" if outcome == "accepted" else outcome
+            totals[key] = totals.get(key, 0) + s.value
+        elif s.name in ("streammon_joined_total", "streammon_late_events_total"):
+            key = "joined" if "joined" in s.name else "late"
+            totals[key] = totals.get(key, 0) + s.value
+        elif s.name == "streammon_join_pending" and s.labels["side"] == "prediction":
+            totals["pending"] = s.value
+    read = sum(v for k, v in totals.items() if k.endswith("accepted") or k in ("rejected", "duplicate"))
+    parts = [f"{totals.get(k, 0):,.0f} {k}" for k in
+             ("predictions accepted", "feedback accepted", "rejected", "duplicate", "joined", "pending", "late")]
+    return f"monitor {monitor.name}: {read:,.0f} events read: " + ", ".join(parts)
+
+
+# -- commands ---------------------------------------------------------------------------------
+def _source(paths: Sequence[str], order: str):
+    from .connectors import FileSource  # imported late: reading files is the only use
+
+    try:
+        return FileSource(paths, order=order)
+    except (RegistrationError, SourceError) as exc:  # a missing file or an unknown suffix
+        raise _UsageError(str(exc)) from exc
+
+
+def _dead_letter(monitor: Monitor, path: str | None) -> contextlib.AbstractContextManager:
+    if not path:
+        return contextlib.nullcontext()
+    from .connectors import FileDeadLetter
+
+    try:
+        sink = FileDeadLetter(path)
+    except SourceError as exc:
+        raise _UsageError(str(exc)) from exc
+    monitor.dead_letter = sink
+    return sink
+
+
+def _replay(args: argparse.Namespace) -> int:
+    monitor = load_app(args.app)
+    source = _source(args.files, args.order)
+    with _dead_letter(monitor, args.dead_letter):
+        monitor.run(source)
+    rows = _results(monitor)
+    print(_health(monitor), file=sys.stderr)
+    print(json.dumps(rows, indent=2) if args.json else _table(rows))
+    return 0
+
+
+_KAFKA_OPTIONS = ("bootstrap_servers", "topics", "group", "state_dir")
+
+
+def _run(args: argparse.Namespace) -> int:
+    given = [f"--{o.replace('_', '-')}" for o in _KAFKA_OPTIONS if getattr(args, o) is not None]
+    if given or not args.source:
+        what = f"{', '.join(given)} need{'s' if len(given) == 1 else ''}" if given else "reading Kafka needs"
+        raise _UsageError(f"{what} the Kafka connector, which is not in this version of streammon yet; "
+                          f"run from files with --source FILE... (or try `streammon demo`)")
+    monitor = load_app(args.app)
+    source = _source(args.source, args.order)
+    server = _serve(monitor, args.metrics_port, args.metrics_host)
+    print(f"serving {server.url}", flush=True)
+    try:
+        with _stop_on_signals() as stop, _dead_letter(monitor, args.dead_letter):
+            monitor.run(source, until=stop.is_set)
+            print(_health(monitor), file=sys.stderr, flush=True)
+            if not args.exit_when_done and not stop.is_set():
+                print(f"input done; serving {server.url} until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+                while not stop.wait(0.2):
+                    pass
+    finally:
+        monitor.close()
+    return 0
+
+
+def _serve(monitor: Monitor, port: int, host: str):
+    try:
+        return monitor.serve(port, host=host)
+    except OSError as exc:
+        raise _UsageError(f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo  # imported late: it trains the demo's river models
+
+    if args.rate <= 0 or (args.duration is not None and args.duration <= 0):
+        raise _UsageError("--rate and --duration must be positive")
+    with _stop_on_signals() as stop:
+        try:
+            run_demo(seed=args.seed, rate=args.rate, duration=args.duration, port=args.port, host=args.host,
+                     serve=not args.no_serve, report_every=args.report_every, stop=stop)
+        except OSError as exc:
+            raise _UsageError(f"cannot serve /metrics on {args.host}:{args.port}: {exc.strerror or exc}") from exc
+    return 0
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGINT or SIGTERM, so loops end cleanly (handlers restored afterwards)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# -- parsing ----------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streammon", description="Monitor ML models in production: "
+                                     "join predictions with feedback and publish metrics to Prometheus.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    replay = commands.add_parser("replay", help="replay event files through an app and print its metrics")
+    replay.add_argument("files", nargs="+", metavar="FILE", help="JSONL or Parquet files of events")
+    replay.add_argument("--app", required=True, help="the Monitor: app.py:monitor or package.module:monitor")
+    replay.add_argument("--order", choices=("file", "time"), default="file",
+                        help="file: each file in turn (default); time: merged by event time")
+    replay.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    replay.add_argument("--dead-letter", metavar="PATH", help="write rejected events and reasons to this JSONL file")
+    replay.set_defaults(handler=_replay)
+
+    run = commands.add_parser("run", help="run an app, serving /metrics")
+    run.add_argument("app", metavar="APP", help="the Monitor: app.py:monitor or package.module:monitor")
+    run.add_argument("--source", nargs="+", metavar="FILE", help="read these event files instead of Kafka")
+    run.add_argument("--order", choices=("file", "time"), default="file", help="order of --source files")
+    run.add_argument("--exit-when-done", action="store_true", help="exit when the --source files are processed")
+    run.add_argument("--dead-letter", metavar="PATH", help="write rejected events and reasons to this JSONL file")
+    run.add_argument("--metrics-port", type=int, default=9108, help="port of /metrics (default 9108; 0 picks one)")
+    run.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
+    run.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
+    run.add_argument("--topics", help="Kafka topics: predictions,feedback")
+    run.add_argument("--group", help="Kafka consumer group")
+    run.add_argument("--state-dir", help="directory for checkpoints")
+    run.set_defaults(handler=_run)
+
+    demo = commands.add_parser("demo", help="a simulated taxi-tip model with drift, served on /metrics")
+    demo.add_argument("--port", type=int, default=9108, help="port of /metrics (default 9108; 0 picks one)")
+    demo.add_argument("--host", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds (default: at Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=1000.0, help="events per second (default 1000)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--no-serve", action="store_true", help="do not serve /metrics; print the summary only")
+    demo.add_argument("--report-every", type=float, default=5.0, help="seconds between summaries (default 5)")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+class _StderrHandler(logging.StreamHandler):
+    # Looks sys.stderr up at each record, so a redirected or captured stderr is honoured.
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``streammon`` command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("streammon: %(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    try:
+        return args.handler(args)
+    except (AppLoadError, _UsageError) as exc:
+        print(f"streammon {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except StreamMonError as exc:
+        print(f"streammon {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        log.removeHandler(handler)
