@@ -129,7 +129,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     header = ("metric", "labels", "value", "count")
     lines = [header] + [
         (r["name"].removeprefix("streammon_"),
-         " ".join(f"{k}={v}" for k, v in r["labels"].items() if k != "monitor"),
+         " ".join(f"{k}={v}" for k, v in r["labels"].items() if k != "monitor" and v),  # "" = no such label
          "nan" if r["value"] is None else f"{r['value']:.6g}",
          str(r["count"]))
         for r in rows

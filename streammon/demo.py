@@ -1,8 +1,9 @@
 """``streammon demo``: a taxi-tip classifier in production, simulated on one machine, no broker.
 
 A frozen model (river's ``LogisticRegression``, trained on trips from before the drift) predicts
-whether a taxi ride ends with a tip. Two versions share the traffic (``segment={"version": ...}``).
-At ``drift_at`` the world changes under the model: more airport runs and cash rides (the score
+whether a taxi ride ends with a tip. Two versions share the traffic (``segment={"version": ...}``):
+v3 predicts a tip when the score is at least 0.5, the v4 canary when it is at least 0.6. At
+``drift_at`` the world changes under the model: more airport runs and cash rides (the score
 distribution moves) and card riders stop tipping by default (accuracy drops). Feedback, the true
 tip, comes minutes later; some never comes, some comes twice, some predictions are retried or
 delivered late, and a few events are malformed. Event time runs on a simulated clock, one
@@ -39,7 +40,8 @@ START = 1_704_067_200.0
 DRIFT_AT = 3 * 3600.0
 
 _SECONDS_PER_PREDICTION = 1.0
-_CANARY_SHARE = 0.15  # traffic on version v4
+_THRESHOLDS = {"v3": 0.5, "v4": 0.6}
+_CANARY_SHARE = 0.2  # of the traffic, on v4
 _MISSING_FEEDBACK = 0.08  # feedback that never arrives
 _DUPLICATE_FEEDBACK = 0.03
 _DUPLICATE_PREDICTION = 0.005  # a model server's retry
@@ -50,11 +52,11 @@ _MAX_DELAY = 2 * 3600.0
 
 
 class _TaxiWorld:
-    """Trips, their true tipping behaviour before and after the drift, and the two frozen models."""
+    """Trips, their true tipping behaviour before and after the drift, and the frozen model."""
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.models = {"v3": self._train(l2=0.0), "v4": self._train(l2=0.01)}
+        self.model = self._train()
 
     def trip(self, clock: float, drifted: bool) -> dict[str, Any]:
         rng = self.rng
@@ -70,33 +72,29 @@ class _TaxiWorld:
         }
 
     def tipped(self, f: dict[str, Any], drifted: bool) -> int:
-        card, night = f["payment_type"] == "card", _is_night(f["pickup_hour"])
-        if drifted:  # the payment terminals lost their default tip screen; night riders tip more
-            logit = -0.4 + 0.6 * card + 0.04 * f["trip_distance"] + 0.6 * night - 0.8 * f["airport"]
+        card = f["payment_type"] == "card"
+        if drifted:  # the payment terminals lost their default tip screen; airport riders stopped tipping
+            logit = -0.2 + 0.6 * card + 0.03 * f["trip_distance"] - 1.2 * f["airport"]
         else:
-            logit = -1.6 + 3.0 * card + 0.04 * f["trip_distance"] - 0.6 * night + 0.5 * f["airport"]
+            logit = -1.6 + 3.0 * card + 0.03 * f["trip_distance"] + 0.5 * f["airport"]
         return int(self.rng.random() < 1.0 / (1.0 + math.exp(-logit)))
 
-    def score(self, version: str, f: dict[str, Any]) -> float:
-        return round(self.models[version].predict_proba_one(_model_input(f)).get(True, 0.0), 4)
+    def score(self, f: dict[str, Any]) -> float:
+        return round(self.model.predict_proba_one(_model_input(f)).get(True, 0.0), 4)
 
-    def _train(self, l2: float):
-        model = preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.05), l2=l2)
+    def _train(self):
+        model = preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.05))
         for i in range(4000):
             f = self.trip(START + i * 37.0, drifted=False)
             model.learn_one(_model_input(f), bool(self.tipped(f, drifted=False)))
         return model
 
 
-def _is_night(hour: int) -> bool:
-    return hour >= 22 or hour < 6
-
-
 def _model_input(f: dict[str, Any]) -> dict[str, float]:
     return {
         "trip_distance": f["trip_distance"], "fare_amount": f["fare_amount"],
-        "card": float(f["payment_type"] == "card"), "night": float(_is_night(f["pickup_hour"])),
-        "airport": float(f["airport"]), "passengers": float(f["passenger_count"] or 1),
+        "card": float(f["payment_type"] == "card"), "airport": float(f["airport"]),
+        "passengers": float(f["passenger_count"] or 1),
     }
 
 
@@ -147,8 +145,8 @@ def _events(seed: int, duration: float | None, drift_at: float, start: float) ->
         drifted = clock - start >= drift_at
         features = world.trip(clock, drifted)
         version = "v4" if rng.random() < _CANARY_SHARE else "v3"
-        score = world.score(version, features)
-        prediction = {"id": f"trip-{n:08d}", "ts": round(clock, 3), "model": "tip", "prediction": int(score >= 0.5),
+        score = world.score(features)
+        prediction = {"id": f"trip-{n:08d}", "ts": round(clock, 3), "model": "tip", "prediction": int(score >= _THRESHOLDS[version]),
                       "score": score, "features": features, "segment": {"version": version}}
         if rng.random() < _MALFORMED:
             yield _malformed(rng, prediction)
@@ -168,41 +166,32 @@ def _events(seed: int, duration: float | None, drift_at: float, start: float) ->
             heapq.heappush(later, (arrives + rng.uniform(1.0, 600.0), next(order), dict(feedback)))
 
 
-def reference_scores(seed: int = 0, n: int = 2000) -> list[float]:
-    """Scores of the v3 model on trips from before the drift: the reference sample for PSI and KS."""
-    world = _TaxiWorld(seed + 1_000_003)
-    return [world.score("v3", world.trip(START + i * 61.0, drifted=False)) for i in range(n)]
+def reference_scores(seed: int = 0, n: int = 2000, *, drift_at: float = DRIFT_AT, start: float = START) -> list[float]:
+    """Scores of the model on fresh trips spread over the time before the drift: the reference
+    sample for PSI and KS. The world is rebuilt from ``seed``, so the model is the one :func:`simulate` uses."""
+    world = _TaxiWorld(seed)
+    return [world.score(world.trip(start + i * drift_at / n, drifted=False)) for i in range(n)]
 
 
 def build_monitor(name: str = "taxi", *, seed: int = 0) -> Monitor:
     """The demo's monitor: pair, prediction and feedback metrics per model version, over the
     cumulative window and a sliding hour (feedback waits three simulated hours, then expires)."""
     monitor = Monitor(name, windows=[Cumulative(), Sliding("1h")], segments=("version",), feedback_ttl="3h")
-    monitor.track(ops.Accuracy()) if hasattr(ops, "Accuracy") else monitor.metric(_accuracy, stat=ops.ConfusionMatrix(), name="accuracy")
-    monitor.metric(_recall_of_tips, stat=ops.ConfusionMatrix(), name="recall")
+    # pair metrics: need the feedback
+    monitor.track(ops.Accuracy())
+    monitor.track(ops.F1())
+    monitor.track(ops.LogLoss())
+    monitor.track(ops.ROCAUC(), name="roc_auc")
+    # prediction metrics: known at once, so they show the drift before any feedback does
     monitor.track(ops.Count(of="prediction"), name="predictions")
-    monitor.track(ops.Mean(of="score"), name="mean_score")
+    monitor.track(ops.MeanScore())
+    monitor.track(ops.Quantiles([0.1, 0.5, 0.9], of="score"), name="score_quantiles")
+    monitor.track(ops.PSI(reference_scores(seed), of="score"), name="score_psi")
+    monitor.track(ops.NullRate("features.passenger_count"), name="passenger_count_null_rate")
+    # feedback metrics
     monitor.track(ops.Mean(of="label"), name="tip_rate")
-    monitor.track(ops.Mean(of="delay"), name="feedback_delay_seconds")
-    optional = [  # richer built-ins, when this version of streammon ships them
-        ("LogLoss", lambda c: c(), {}),
-        ("ROCAUC", lambda c: c(), {"name": "roc_auc"}),
-        ("Quantiles", lambda c: c([0.5, 0.9, 0.99], of="score"), {"name": "score_quantiles"}),
-        ("PSI", lambda c: c(reference_scores(seed), of="score"), {"name": "score_psi"}),
-    ]
-    for cls_name, make, kwargs in optional:
-        cls = getattr(ops, cls_name, None)
-        if cls is not None:
-            monitor.track(make(cls), **kwargs)
+    monitor.track(ops.FeedbackDelay([0.5, 0.9, 0.99]), name="feedback_delay_seconds")
     return monitor
-
-
-def _accuracy(cm) -> float:
-    return cm.accuracy
-
-
-def _recall_of_tips(cm) -> float:
-    return cm.recall(1)
 
 
 # -- the live demo ----------------------------------------------------------------------------
