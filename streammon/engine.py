@@ -86,9 +86,12 @@ class Health:
 class _Columns:
     codes: np.ndarray
     times: np.ndarray
-    arrivals: np.ndarray  # stream time when each row arrived (for lateness)
     cols: list[np.ndarray]
     ids: np.ndarray
+    # Every row of the stream, before rows a metric cannot read (no score) are left out: lateness is
+    # a property of the event, not of the metric.
+    all_times: np.ndarray
+    all_arrivals: np.ndarray  # stream time when each row arrived
 
 
 def _objects(values: list) -> np.ndarray:
@@ -183,10 +186,11 @@ class Engine:
                 window = state.window
                 if isinstance(window, Sliding) and (feed.stream, feed.time, window) not in late_seen:
                     late_seen.add((feed.stream, feed.time, window))
-                    late = int((columns.times < columns.arrivals - window.size - window.grace).sum())
+                    late = int((columns.all_times < columns.all_arrivals - window.size - window.grace).sum())
                     if late:
                         self.health.late[(window.label, feed.stream)] += late
-                state.add(columns.codes, columns.times, columns.cols, columns.ids)
+                if len(columns.ids):
+                    state.add(columns.codes, columns.times, columns.cols, columns.ids)
 
     def _columns(self, feed: Feed, preds, fbs, pairs, pair_now) -> _Columns | None:
         if feed.stream == "pair":
@@ -227,15 +231,14 @@ class Engine:
         codes_a = np.array(codes, dtype=np.int64)
         ids_a = _objects(list(ids))
         cols = [self._column(named[f]) for f in feed.fields]
+        all_times = times
         if "score" in feed.fields:
             # Rows without a score cannot feed a score metric; they are left out of it (its _count shows it).
             has = np.array([v is not None for v in named["score"]], dtype=bool)
             if not has.all():
-                if not has.any():
-                    return None
-                codes_a, times, nows_a, ids_a = codes_a[has], times[has], nows_a[has], ids_a[has]
+                codes_a, times, ids_a = codes_a[has], times[has], ids_a[has]
                 cols = [c[has] for c in cols]
-        return _Columns(codes_a, times, nows_a, cols, ids_a)
+        return _Columns(codes_a, times, cols, ids_a, all_times, nows_a)
 
     @staticmethod
     def _column(values: Any) -> np.ndarray:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Mapping, Union
 
 import pydantic_core
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, ValidationError
 
 from .errors import EventError
 
@@ -25,7 +25,8 @@ def _event_time(value: Any) -> Any:
         raise ValueError("ts must be epoch seconds or an RFC 3339 string, not a boolean")
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value)
+            # RFC 3339 allows a lower-case 'z'; Python 3.11 only reads 'Z'.
+            parsed = datetime.fromisoformat(value[:-1] + "Z" if value.endswith("z") else value)
         except ValueError:
             raise ValueError(f"ts {value[:40]!r} is not an RFC 3339 time") from None
         if parsed.tzinfo is None:
@@ -37,7 +38,8 @@ def _event_time(value: Any) -> Any:
 EventTime = Annotated[float, BeforeValidator(_event_time), Field(ge=0)]
 EventId = Annotated[str, Field(min_length=1, max_length=512)]
 Value = Union[bool, int, float, str]
-Score = Union[float, dict[str, float]]
+# Strict: a score sent as a string or a boolean is a producer bug worth rejecting, not coercing.
+Score = Union[StrictFloat, dict[str, StrictFloat]]
 
 _CONFIG = ConfigDict(extra="allow", allow_inf_nan=False, frozen=True, strict=False)
 
@@ -111,7 +113,7 @@ def _reason(exc: ValidationError) -> str:
 def _kind_of(obj: Mapping[str, Any]) -> str:
     kind = obj.get("kind")
     if kind is not None:
-        if kind not in _MODELS:
+        if not isinstance(kind, str) or kind not in _MODELS:
             raise EventError(f"kind: must be 'prediction' or 'feedback', got {str(kind)[:40]!r}")
         return kind
     if "label" in obj:
@@ -151,9 +153,7 @@ def decode_event(
             raise EventError(f"message key {key[:64]!r} differs from id {event.id[:64]!r}", raw=raw)
     limit = (time.time() if now is None else now) + policy.max_future_seconds
     if event.ts > limit:
-        raise EventError(
-            f"ts {event.ts:.0f} is more than {policy.max_future_seconds:.0f} s in the future", raw=raw
-        )
+        raise EventError(f"ts {event.ts:.6g} is more than {policy.max_future_seconds:.0f} s in the future", raw=raw)
     if isinstance(event, Prediction) and isinstance(event.prediction, float) and not math.isfinite(event.prediction):
         raise EventError("prediction: must be finite", raw=raw)
     return event
@@ -164,8 +164,16 @@ def _validate(raw: Any, kind: str | None, policy: EventPolicy) -> Event:
         if kind is not None and raw.kind != kind:
             raise EventError(f"a {raw.kind} event on the {kind} stream")
         return raw
-    if isinstance(raw, (bytes, bytearray, memoryview, str)):
-        size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
+    if isinstance(raw, memoryview):
+        raw = raw.tobytes()
+    if isinstance(raw, (bytes, bytearray, str)):
+        if isinstance(raw, str):
+            try:
+                size = len(raw.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise EventError("value is not valid UTF-8 text") from None
+        else:
+            size = len(raw)
         if size > policy.max_event_bytes:
             raise EventError(f"event of {size} bytes exceeds max_event_bytes={policy.max_event_bytes}")
         if kind is not None:

@@ -227,9 +227,13 @@ class MemoryJoinStore:
                     self._free(slot)
                 self.counts.joined += 1
                 return (pred_ts, ts, code, label, prediction, score, id)
-        if id in self._early:
-            self.counts.duplicate_feedback += 1
-            return DUPLICATE
+        waiting = self._early.get(id)
+        if waiting is not None:
+            if waiting[0] >= now - self.prediction_ttl:
+                self.counts.duplicate_feedback += 1
+                return DUPLICATE
+            del self._early[id]
+            self.counts.expired_feedback += 1
         if len(self._early) >= self.max_pending:
             self._early.popitem(last=False)
             self.counts.evicted_feedback += 1

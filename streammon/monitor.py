@@ -166,12 +166,21 @@ class Monitor:
             if n <= 10 or n & (n - 1) == 0:  # the first ten, then at powers of two
                 log.warning("rejected event #%d (topic %s, partition %d, offset %d): %s",
                             n, msg.topic or "-", msg.partition, msg.offset, reason)
+        flush = getattr(self.dead_letter, "flush", None)
+        if callable(flush):
+            try:
+                flush()
+            except Exception:  # noqa: BLE001
+                log.exception("dead-letter sink failed to flush")
 
     @staticmethod
     def _guess_topic(msg: Message) -> str:
         value = msg.value
         if isinstance(value, dict):
-            return _TOPIC.get(value.get("kind")) or ("feedback" if "label" in value else "predictions" if "prediction" in value else "unknown")
+            kind = value.get("kind")
+            if isinstance(kind, str) and kind in _TOPIC:
+                return _TOPIC[kind]
+            return "feedback" if "label" in value else "predictions" if "prediction" in value else "unknown"
         return "unknown"
 
     def run(self, source: Source, *, max_records: int | None = None, poll_timeout: float = 0.5,

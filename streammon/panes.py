@@ -135,6 +135,10 @@ class _Panes(WindowState):
         pane_of = np.floor(times / self.window.step).astype(np.int64)
         inside = pane_of >= self.first_pane
         if not inside.all():
+            # A series exists once it has had an event, even one already outside the window, so
+            # which series are published does not depend on where batches were cut.
+            for code in np.unique(codes[~inside]).tolist():
+                self._touch(code)
             if not inside.any():
                 return
             codes, pane_of, ids = codes[inside], pane_of[inside], ids[inside]
@@ -142,6 +146,10 @@ class _Panes(WindowState):
         for code, pane, idx in _groups(codes, pane_of):
             g_cols, g_ids = _take(cols, ids, idx)
             self._add_group(code, pane, g_cols, g_ids)
+
+    def _touch(self, code: int) -> None:
+        if code not in self.panes:
+            self.panes[code] = {}
 
     def _pane(self, code: int, pane: int, make: Callable[[], Any]) -> list:
         panes = self.panes.get(code)
@@ -189,6 +197,11 @@ class SubtractingPanes(_Panes):
             total[0] = fresh_copy(self.prototype)
         else:
             total[0].subtract(entry[0])
+
+    def _touch(self, code: int) -> None:
+        super()._touch(code)
+        if code not in self.totals:
+            self.totals[code] = [fresh_copy(self.prototype), 0]
 
     def series(self):
         for code, (op, count) in self.totals.items():
@@ -243,6 +256,11 @@ class RevertingPanes(_Panes):
         revert = total[0].revert
         for row in entry[0]:
             revert(*row)
+
+    def _touch(self, code: int) -> None:
+        super()._touch(code)
+        if code not in self.totals:
+            self.totals[code] = [fresh_copy(self.prototype), 0]
 
     def series(self):
         for code, (op, count) in self.totals.items():
