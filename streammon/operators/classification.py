@@ -75,44 +75,54 @@ def _probabilities(y_true: Any, score: Any, pos_label: Hashable, *, of_true: boo
     return is_pos, p
 
 
-class Accuracy(Statistic):
+class _MeanTerm(Statistic):
+    """Mean of a per-pair term, kept as (n, sum) so that panes merge and subtract."""
+
+    of = "y_pred"
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total = 0.0
+
+    def _terms(self, y_true: Any, other: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def _add(self, n: int, total: float) -> None:
+        self.n += n
+        # Back to exactly zero when empty, rather than keep the rounding left by subtracting floats.
+        self.total = self.total + total if self.n else 0.0
+
+    def update(self, y_true: Any, other: Any) -> None:
+        self._add(1, float(self._terms(_one(y_true), _one(other))[0]))
+
+    def update_many(self, y_true: Any, other: Any) -> None:
+        terms = self._terms(y_true, other)
+        self._add(len(terms), float(terms.sum()))
+
+    def revert(self, y_true: Any, other: Any) -> None:
+        self._add(-1, -float(self._terms(_one(y_true), _one(other))[0]))
+
+    def merge(self, other: "_MeanTerm") -> None:
+        self._add(other.n, other.total)
+
+    def subtract(self, other: "_MeanTerm") -> None:
+        self._add(-other.n, -other.total)
+
+    def get(self) -> float:
+        return self.total / self.n if self.n else math.nan
+
+
+class Accuracy(_MeanTerm):
     """Share of pairs whose prediction equals the true value (``sklearn.metrics.accuracy_score``).
 
     >>> acc = Accuracy(); acc.update_many(np.array([1, 0, 1, 1]), np.array([1, 1, 1, 0])); acc.get()
     0.5
     """
 
-    of = "y_pred"
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.correct = 0
-
-    def update(self, y_true: Any, y_pred: Any) -> None:
-        self.n += 1
-        self.correct += bool(y_true == y_pred)
-
-    def update_many(self, y_true: Any, y_pred: Any) -> None:
+    def _terms(self, y_true: Any, y_pred: Any) -> np.ndarray:
         y, p = _column(y_true), _column(y_pred)
         _same_length(y, p)
-        correct = int(np.asarray(y == p, dtype=bool).sum())
-        self.n += len(y)
-        self.correct += correct
-
-    def revert(self, y_true: Any, y_pred: Any) -> None:
-        self.n -= 1
-        self.correct -= bool(y_true == y_pred)
-
-    def merge(self, other: "Accuracy") -> None:
-        self.n += other.n
-        self.correct += other.correct
-
-    def subtract(self, other: "Accuracy") -> None:
-        self.n -= other.n
-        self.correct -= other.correct
-
-    def get(self) -> float:
-        return self.correct / self.n if self.n else math.nan
+        return np.asarray(y == p, dtype=np.float64)
 
 
 class _ConfusionMetric(Statistic):
@@ -212,49 +222,21 @@ class F1(_ConfusionMetric):
         return 2 * tp / (support + predicted) if support + predicted else 0.0
 
 
-class _ScoreSums(Statistic):
-    """Mean of a per-pair term over (y_true, score); kept as (n, sum) so panes merge and subtract."""
+class _ProbabilityMean(_MeanTerm):
+    """Mean of a per-pair term over (y_true, score)."""
 
     of = "score"
     requires_labels = False
 
     def __init__(self, pos_label: Hashable = 1) -> None:
+        super().__init__()
         self.pos_label = pos_label
-        self.n = 0
-        self.total = 0.0
 
     def _params(self) -> dict[str, Any]:
         return {"pos_label": self.pos_label}
 
-    def _terms(self, y_true: Any, score: Any) -> np.ndarray:
-        raise NotImplementedError
 
-    def _add(self, n: int, total: float) -> None:
-        self.n += n
-        # Back to exactly zero when empty, rather than keep the rounding left by subtracting floats.
-        self.total = self.total + total if self.n else 0.0
-
-    def update(self, y_true: Any, score: Any) -> None:
-        self._add(1, float(self._terms(_one(y_true), _one(score))[0]))
-
-    def update_many(self, y_true: Any, score: Any) -> None:
-        terms = self._terms(y_true, score)
-        self._add(len(terms), float(terms.sum()))
-
-    def revert(self, y_true: Any, score: Any) -> None:
-        self._add(-1, -float(self._terms(_one(y_true), _one(score))[0]))
-
-    def merge(self, other: "_ScoreSums") -> None:
-        self._add(other.n, other.total)
-
-    def subtract(self, other: "_ScoreSums") -> None:
-        self._add(-other.n, -other.total)
-
-    def get(self) -> float:
-        return self.total / self.n if self.n else math.nan
-
-
-class LogLoss(_ScoreSums):
+class LogLoss(_ProbabilityMean):
     """Mean cross-entropy, as ``sklearn.metrics.log_loss``.
 
     A float score is P(``pos_label``) (binary); a class -> probability map scores multiclass pairs by
@@ -277,7 +259,7 @@ class LogLoss(_ScoreSums):
         return -np.log(np.clip(p, self.eps, 1.0 - self.eps))
 
 
-class BrierScore(_ScoreSums):
+class BrierScore(_ProbabilityMean):
     """Mean squared error of P(``pos_label``) against the outcome, as ``sklearn.metrics.brier_score_loss``.
 
     >>> b = BrierScore(); b.update_many(np.array([1, 0]), np.array([0.8, 0.4])); round(b.get(), 6)
@@ -289,7 +271,62 @@ class BrierScore(_ScoreSums):
         return (is_pos - p) ** 2
 
 
-class ROCAUC(Statistic):
+class _Binned(Statistic):
+    """Arrays of per-bin sums over (y_true, score); merge adds them, subtract removes them.
+
+    Subclasses name the arrays in ``_fields`` and give a batch's arrays in ``_sums``. Arrays are
+    allocated on first use, so empty clones (one per pane and batch) stay small.
+    """
+
+    of = "score"
+    requires_labels = False
+    _fields: tuple[str, ...] = ()
+
+    def __init__(self, pos_label: Hashable, bins: int) -> None:
+        if int(bins) != bins or bins < 1:
+            raise ValueError(f"bins must be a positive integer, got {bins!r}")
+        self.pos_label = pos_label
+        self.bins = int(bins)
+        for name in self._fields:
+            setattr(self, name, None)
+
+    def _params(self) -> dict[str, Any]:
+        return {"pos_label": self.pos_label, "bins": self.bins}
+
+    def _sums(self, y_true: Any, score: Any) -> tuple[np.ndarray, ...]:
+        raise NotImplementedError
+
+    def _add(self, sums: tuple[np.ndarray | None, ...], sign: int) -> None:
+        if sums[0] is None:
+            return
+        if getattr(self, self._fields[0]) is None:
+            for name, arr in zip(self._fields, sums):
+                setattr(self, name, np.zeros_like(arr))
+        if len(sums[0]) != len(getattr(self, self._fields[0])):
+            raise ValueError(f"cannot combine {type(self).__name__} operators with different bins")
+        for name, arr in zip(self._fields, sums):
+            getattr(self, name)[:] += sign * arr
+
+    def _state(self) -> tuple[np.ndarray | None, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def update(self, y_true: Any, score: Any) -> None:
+        self._add(self._sums(_one(y_true), _one(score)), 1)
+
+    def update_many(self, y_true: Any, score: Any) -> None:
+        self._add(self._sums(y_true, score), 1)
+
+    def revert(self, y_true: Any, score: Any) -> None:
+        self._add(self._sums(_one(y_true), _one(score)), -1)
+
+    def merge(self, other: "_Binned") -> None:
+        self._add(other._state(), 1)
+
+    def subtract(self, other: "_Binned") -> None:
+        self._add(other._state(), -1)
+
+
+class ROCAUC(_Binned):
     """Area under the ROC curve (binary) from per-class counts over fixed score bins.
 
     Score ``s`` goes to cell ``round(s * bins)`` (``bins + 1`` cells, centred on the multiples of
@@ -305,51 +342,16 @@ class ROCAUC(Statistic):
     0.75
     """
 
-    of = "score"
-    requires_labels = False
+    _fields = ("pos", "neg")
 
     def __init__(self, pos_label: Hashable = 1, bins: int = 10_000) -> None:
-        if int(bins) != bins or bins < 1:
-            raise ValueError(f"bins must be a positive integer, got {bins!r}")
-        self.pos_label = pos_label
-        self.bins = int(bins)
-        self.pos: np.ndarray | None = None
-        self.neg: np.ndarray | None = None
+        super().__init__(pos_label, bins)
 
-    def _params(self) -> dict[str, Any]:
-        return {"pos_label": self.pos_label, "bins": self.bins}
-
-    def _counts(self, y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _sums(self, y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
         is_pos, p = _probabilities(y_true, score, self.pos_label, of_true=False)
         cells = np.rint(p * self.bins).astype(np.int64)
         size = self.bins + 1
         return np.bincount(cells[is_pos], minlength=size), np.bincount(cells[~is_pos], minlength=size)
-
-    def _add(self, pos: np.ndarray | None, neg: np.ndarray | None, sign: int) -> None:
-        if pos is None:
-            return
-        if self.pos is None:
-            self.pos = np.zeros(self.bins + 1, dtype=np.int64)
-            self.neg = np.zeros(self.bins + 1, dtype=np.int64)
-        if len(pos) != len(self.pos):
-            raise ValueError("cannot combine ROCAUC operators with different bins")
-        self.pos += sign * pos
-        self.neg += sign * neg
-
-    def update(self, y_true: Any, score: Any) -> None:
-        self._add(*self._counts(_one(y_true), _one(score)), 1)
-
-    def update_many(self, y_true: Any, score: Any) -> None:
-        self._add(*self._counts(y_true, score), 1)
-
-    def revert(self, y_true: Any, score: Any) -> None:
-        self._add(*self._counts(_one(y_true), _one(score)), -1)
-
-    def merge(self, other: "ROCAUC") -> None:
-        self._add(other.pos, other.neg, 1)
-
-    def subtract(self, other: "ROCAUC") -> None:
-        self._add(other.pos, other.neg, -1)
 
     def _pairs(self) -> tuple[float, float, float] | None:
         if self.pos is None:
@@ -374,7 +376,7 @@ class ROCAUC(Statistic):
         return math.nan if pairs is None else 0.5 * pairs[1] / pairs[2]
 
 
-class Calibration(Statistic):
+class Calibration(_Binned):
     """Expected calibration error (binary) over ``bins`` equal-width bins of P(``pos_label``).
 
     ``ECE = sum_b (n_b / n) * |positives_b / n_b - mean score_b| = sum_b |positives_b - score sum_b| / n``.
@@ -385,21 +387,11 @@ class Calibration(Statistic):
     0.183333
     """
 
-    of = "score"
-    requires_labels = False
+    _fields = ("count", "positives", "score_sum")
 
     def __init__(self, pos_label: Hashable = 1, bins: int = 10) -> None:
-        if int(bins) != bins or bins < 1:
-            raise ValueError(f"bins must be a positive integer, got {bins!r}")
-        self.pos_label = pos_label
-        self.bins = int(bins)
+        super().__init__(pos_label, bins)
         self.edges = np.linspace(0.0, 1.0, self.bins + 1)
-        self.count = np.zeros(self.bins, dtype=np.int64)
-        self.positives = np.zeros(self.bins, dtype=np.int64)
-        self.score_sum = np.zeros(self.bins, dtype=np.float64)
-
-    def _params(self) -> dict[str, Any]:
-        return {"pos_label": self.pos_label, "bins": self.bins}
 
     def _sums(self, y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         is_pos, p = _probabilities(y_true, score, self.pos_label, of_true=False)
@@ -407,31 +399,13 @@ class Calibration(Statistic):
         return (np.bincount(b, minlength=self.bins), np.bincount(b[is_pos], minlength=self.bins),
                 np.bincount(b, weights=p, minlength=self.bins))
 
-    def _add(self, count: np.ndarray, positives: np.ndarray, score_sum: np.ndarray, sign: int) -> None:
-        if len(count) != self.bins:
-            raise ValueError("cannot combine Calibration operators with different bins")
-        self.count += sign * count
-        self.positives += sign * positives
-        self.score_sum += sign * score_sum
-        self.score_sum[self.count == 0] = 0.0  # drop the rounding left by subtracting floats
-
-    def update(self, y_true: Any, score: Any) -> None:
-        self._add(*self._sums(_one(y_true), _one(score)), 1)
-
-    def update_many(self, y_true: Any, score: Any) -> None:
-        self._add(*self._sums(y_true, score), 1)
-
-    def revert(self, y_true: Any, score: Any) -> None:
-        self._add(*self._sums(_one(y_true), _one(score)), -1)
-
-    def merge(self, other: "Calibration") -> None:
-        self._add(other.count, other.positives, other.score_sum, 1)
-
-    def subtract(self, other: "Calibration") -> None:
-        self._add(other.count, other.positives, other.score_sum, -1)
+    def _add(self, sums, sign: int) -> None:
+        super()._add(sums, sign)
+        if self.count is not None:
+            self.score_sum[self.count == 0] = 0.0  # drop the rounding left by subtracting floats
 
     def get(self) -> float:
-        n = int(self.count.sum())
+        n = 0 if self.count is None else int(self.count.sum())
         if not n:
             return math.nan
         return float(np.abs(self.positives - self.score_sum).sum() / n)
