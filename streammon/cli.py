@@ -50,7 +50,8 @@ def load_app(spec: str) -> Monitor:
         target, attr = spec, "monitor"
     if not target:
         raise AppLoadError(f"--app {spec!r} names no module; write it as app.py:monitor or package.module:monitor")
-    module = _import_file(target) if target.endswith(".py") or os.sep in target or "/" in target else _import_module(target)
+    is_path = target.endswith(".py") or os.sep in target or "/" in target
+    module = _import_file(target) if is_path else _import_module(target)
     if not hasattr(module, attr):
         found = [name for name, value in vars(module).items() if isinstance(value, Monitor)]
         hint = (f"Monitor objects in it: {', '.join(found)}; write --app {target}:{found[0]}" if found
@@ -320,5 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamMonError as exc:
         print(f"streammon {args.command}: failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # replay has no stop point of its own: Ctrl-C ends it without a traceback
+        print(f"streammon {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         log.removeHandler(handler)

@@ -146,8 +146,9 @@ def _events(seed: int, duration: float | None, drift_at: float, start: float) ->
         features = world.trip(clock, drifted)
         version = "v4" if rng.random() < _CANARY_SHARE else "v3"
         score = world.score(features)
-        prediction = {"id": f"trip-{n:08d}", "ts": round(clock, 3), "model": "tip", "prediction": int(score >= _THRESHOLDS[version]),
-                      "score": score, "features": features, "segment": {"version": version}}
+        prediction = {"id": f"trip-{n:08d}", "ts": round(clock, 3), "model": "tip",
+                      "prediction": int(score >= _THRESHOLDS[version]), "score": score, "features": features,
+                      "segment": {"version": version}}
         if rng.random() < _MALFORMED:
             yield _malformed(rng, prediction)
         if rng.random() < _LATE_PREDICTION:
@@ -228,20 +229,21 @@ def summarize(monitor: Monitor) -> dict[str, float]:
 
 
 def run_demo(*, seed: int = 0, rate: float = 1000.0, duration: float | None = None, port: int = 9108,
-             host: str = "127.0.0.1", serve: bool = True, report_every: float = 5.0, out: TextIO = sys.stdout,
+             host: str = "127.0.0.1", serve: bool = True, report_every: float = 5.0, out: TextIO | None = None,
              stop: threading.Event | None = None) -> Monitor:
     """Feed :func:`simulate` to :func:`build_monitor` at ``rate`` events per wall second, serving
     ``/metrics`` and printing a summary every ``report_every`` seconds, until ``duration`` or ``stop``."""
     if rate <= 0:
         raise ValueError("rate must be positive")
     stop = stop or threading.Event()
+    out = out or sys.stdout
     monitor = build_monitor(seed=seed)
     events = simulate(seed)
     url = monitor.serve(port, host=host).url if serve else "(not served)"
-    events_per_prediction = 1 + (1 - _MISSING_FEEDBACK) * (1 + _DUPLICATE_FEEDBACK) + _DUPLICATE_PREDICTION + _MALFORMED
+    per_prediction = 1 + (1 - _MISSING_FEEDBACK) * (1 + _DUPLICATE_FEEDBACK) + _DUPLICATE_PREDICTION + _MALFORMED
+    drift_in = DRIFT_AT / _SECONDS_PER_PREDICTION * per_prediction / rate
     print(f"streammon demo: taxi-tip model, seed {seed}, {rate:g} events/s; the drift begins at simulated "
-          f"{_clock(START + DRIFT_AT)}, about {DRIFT_AT / _SECONDS_PER_PREDICTION * events_per_prediction / rate:.0f} s "
-          f"in; metrics at {url}", file=out, flush=True)
+          f"{_clock(START + DRIFT_AT)}, about {drift_in:.0f} s in; metrics at {url}", file=out, flush=True)
     began = last_report = time.monotonic()
     sent = reported = 0
     try:
@@ -275,4 +277,5 @@ def _report(out: TextIO, monitor: Monitor, n: int, seconds: float, elapsed: floa
     stream = _clock(s["stream_time"]) if math.isfinite(s["stream_time"]) else "-"
     print(f"[{elapsed:5.0f}s] sim {stream}{drift} | {n / seconds:6.0f} ev/s | accuracy cumulative "
           f"{fmt(s.get('accuracy_cumulative', math.nan))} 1h {fmt(s.get('accuracy_1h', math.nan))} | coverage "
-          f"{fmt(s['coverage'])} | pending {s['pending']:.0f} | rejected {s['rejected']:.0f} | {url}", file=out, flush=True)
+          f"{fmt(s['coverage'])} | pending {s['pending']:.0f} | rejected {s['rejected']:.0f} | {url}",
+          file=out, flush=True)

@@ -93,11 +93,12 @@ def test_replay_json_equals_in_process_replay_and_sklearn(capsys, events, events
         pairs = oracle.select("pair", window)
         for version in ("v3", "v4"):
             rows = [r for r in pairs if r.segment == (version,)]
-            key = lambda name: (name, tuple(sorted({"monitor": "taxi", "model": "tip", "window": label, "version": version}.items())))  # noqa: E731
+            labels = tuple(sorted({"monitor": "taxi", "model": "tip", "window": label, "version": version}.items()))
+            accuracy, loss = got[("streammon_accuracy", labels)], got[("streammon_log_loss", labels)]
             y_true = [r.y_true for r in rows]
-            assert got[key("streammon_accuracy")]["value"] == pytest.approx(accuracy_score(y_true, [r.y_pred for r in rows]), abs=1e-12)
-            assert got[key("streammon_log_loss")]["value"] == pytest.approx(log_loss(y_true, [r.score for r in rows], labels=[0, 1]), rel=1e-9)
-            assert got[key("streammon_accuracy")]["count"] == len(rows)
+            assert accuracy["value"] == pytest.approx(accuracy_score(y_true, [r.y_pred for r in rows]), abs=1e-12)
+            assert loss["value"] == pytest.approx(log_loss(y_true, [r.score for r in rows], labels=[0, 1]), rel=1e-9)
+            assert accuracy["count"] == loss["count"] == len(rows)
     assert re.search(r"\b([\d,]+) rejected", err).group(1) == f"{len(events) - len(good):,}"
 
 
@@ -210,14 +211,15 @@ def test_run_on_a_busy_port_exits_2(capsys, events_file):
 
 
 def test_run_serves_the_replayed_values_until_sigterm(events, events_file):
-    proc = subprocess.Popen([sys.executable, "-m", "streammon", "run", APP, "--source", events_file, "--metrics-port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "streammon", "run", APP, "--source", events_file, "--metrics-port", "0"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stdout.readline()
         url = re.search(r"(http://127\.0\.0\.1:\d+/metrics)", first).group(1)
         deadline = time.monotonic() + 30
         while True:
-            families = {f.name: f.samples for f in text_string_to_metric_families(urllib.request.urlopen(url, timeout=5).read().decode())}
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            families = {f.name: f.samples for f in text_string_to_metric_families(text)}
             read = sum(s.value for s in families["streammon_events"] if s.name == "streammon_events_total")
             if read == len(events) or time.monotonic() > deadline:
                 break

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import accuracy_score
 
 from oracle import run_oracle
+from streammon.cli import main
 from streammon.demo import DRIFT_AT, START, build_monitor, simulate, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +162,22 @@ def test_the_demo_monitor_agrees_with_the_oracle():
     predictions = sum(1 for r in oracle.rows if r.stream == "prediction")
     assert headline["coverage"] == pytest.approx(oracle.joined / predictions)
     assert headline["rejected"] == rejected
+
+
+def test_demo_without_serving_prints_its_summary_and_stops_after_duration(capsys):
+    started = time.monotonic()
+    code = main(["demo", "--no-serve", "--duration", "1.5", "--rate", "3000", "--report-every", "0.5", "--seed", "2"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert 1.5 <= time.monotonic() - started < 10
+    assert "(not served)" in out.splitlines()[0]
+    rates = [float(m) for m in re.findall(r"\|\s+(\d+) ev/s", out)]
+    assert len(rates) >= 3 and max(rates) > 1000  # paced near the rate asked (the machine may lag a little)
+
+
+def test_demo_rejects_a_bad_rate(capsys):
+    assert main(["demo", "--rate", "0", "--no-serve"]) == 2
+    assert "--rate and --duration must be positive" in capsys.readouterr().err
 
 
 def scrape(url: str) -> dict[str, list]:
