@@ -361,7 +361,8 @@ class ROCAUC(_Binned):
         if not n_pairs:
             return None
         neg_below = np.cumsum(neg) - neg
-        return float(pos @ neg_below), float(pos @ neg), float(n_pairs)
+        # Elementwise products, not BLAS dot: a 10k-long dot costs milliseconds in thread start-up here.
+        return float((pos * neg_below).sum()), float((pos * neg).sum()), float(n_pairs)
 
     def get(self) -> float:
         pairs = self._pairs()
