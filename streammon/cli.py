@@ -31,7 +31,14 @@ log = logging.getLogger("streammon")
 
 
 class AppLoadError(StreamMonError):
-    """The ``--app`` spec names nothing that is a :class:`~streammon.Monitor`. The message says what to fix."""
+    """The ``--app`` spec names nothing that is a :class:`~streammon.Monitor`. The message says what to fix.
+
+    >>> try:
+    ...     load_app("streammon.demo:build_monitor")
+    ... except AppLoadError as exc:
+    ...     print(str(exc).split(";")[0])
+    streammon.demo:build_monitor is a function, not a streammon.Monitor
+    """
 
 
 class _UsageError(Exception):
