@@ -138,6 +138,15 @@ class MemoryJoinStore:
         self._map_scores.pop(slot, None)
         self._live -= 1
 
+    def _ensure_capacity(self, now: float) -> None:
+        # Timed-out entries leave before a live one is evicted, so which entries survive does not
+        # depend on when sweeps happened to run.
+        if self._live >= self.max_pending:
+            self._expire_predictions(now)
+            if self._live >= self.max_pending:
+                self._evict_oldest()
+        self._make_room()
+
     def _evict_oldest(self) -> None:
         state = self._state
         while state[self._tail] == _EMPTY:
@@ -161,12 +170,10 @@ class MemoryJoinStore:
             fb_ts, label = early
             if fb_ts >= now - self.prediction_ttl:
                 self.counts.joined += 1
-                self._remember(id, ts, code)
+                self._remember(id, ts, code, now)
                 return (ts, fb_ts, code, label, prediction, score, id)
             self.counts.expired_feedback += 1
-        if self._live >= self.max_pending:
-            self._evict_oldest()
-        self._make_room()
+        self._ensure_capacity(now)
         slot = self._head
         self._head += 1
         self._slot[id] = slot
@@ -185,12 +192,10 @@ class MemoryJoinStore:
             self._oldest_ts = ts
         return None
 
-    def _remember(self, id: str, ts: float, code: int) -> None:
+    def _remember(self, id: str, ts: float, code: int, now: float) -> None:
         if not self.remember_joined:
             return
-        if self._live >= self.max_pending:
-            self._evict_oldest()
-        self._make_room()
+        self._ensure_capacity(now)
         slot = self._head
         self._head += 1
         self._slot[id] = slot
@@ -235,8 +240,10 @@ class MemoryJoinStore:
             del self._early[id]
             self.counts.expired_feedback += 1
         if len(self._early) >= self.max_pending:
-            self._early.popitem(last=False)
-            self.counts.evicted_feedback += 1
+            self._expire_feedback(now)
+            if len(self._early) >= self.max_pending:
+                self._early.popitem(last=False)
+                self.counts.evicted_feedback += 1
         self._early[id] = (ts, label)
         if ts < self._early_oldest_ts:
             self._early_oldest_ts = ts
@@ -250,24 +257,32 @@ class MemoryJoinStore:
 
     def expire(self, now: float) -> None:
         """Sweep out what has timed out at stream time ``now`` (counted by side)."""
+        self._expire_predictions(now)
+        self._expire_feedback(now)
+
+    def _expire_predictions(self, now: float) -> None:
         horizon = now - self.feedback_ttl
-        if self._oldest_ts < horizon:
-            lo, hi = self._tail, self._head
-            ts, state = self._ts[lo:hi], self._state[lo:hi]
-            gone = np.flatnonzero((state != _EMPTY) & (ts < horizon)) + lo
-            self.counts.expired_predictions += int((self._state[gone] == _PENDING).sum())
-            for slot in gone.tolist():
-                del self._slot[self._ids[slot]]
-                self._free(slot)
-            alive = self._ts[lo:hi][self._state[lo:hi] != _EMPTY]
-            self._oldest_ts = float(alive.min()) if len(alive) else float("inf")
+        if self._oldest_ts >= horizon:
+            return
+        lo, hi = self._tail, self._head
+        ts, state = self._ts[lo:hi], self._state[lo:hi]
+        gone = np.flatnonzero((state != _EMPTY) & (ts < horizon)) + lo
+        self.counts.expired_predictions += int((self._state[gone] == _PENDING).sum())
+        for slot in gone.tolist():
+            del self._slot[self._ids[slot]]
+            self._free(slot)
+        alive = self._ts[lo:hi][self._state[lo:hi] != _EMPTY]
+        self._oldest_ts = float(alive.min()) if len(alive) else float("inf")
+
+    def _expire_feedback(self, now: float) -> None:
         horizon = now - self.prediction_ttl
-        if self._early_oldest_ts < horizon:
-            stale = [k for k, (ts, _) in self._early.items() if ts < horizon]
-            for k in stale:
-                del self._early[k]
-            self.counts.expired_feedback += len(stale)
-            self._early_oldest_ts = min((ts for ts, _ in self._early.values()), default=float("inf"))
+        if self._early_oldest_ts >= horizon:
+            return
+        stale = [k for k, (ts, _) in self._early.items() if ts < horizon]
+        for k in stale:
+            del self._early[k]
+        self.counts.expired_feedback += len(stale)
+        self._early_oldest_ts = min((ts for ts, _ in self._early.values()), default=float("inf"))
 
     @property
     def pending_predictions(self) -> int:
