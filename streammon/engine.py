@@ -232,7 +232,7 @@ class Engine:
         ids_a = _objects(list(ids))
         cols = [self._column(named[f]) for f in feed.fields]
         all_times = times
-        if "score" in feed.fields:
+        if "score" in feed.fields and not feed.keep_missing:
             # Rows without a score cannot feed a score metric; they are left out of it (its _count shows it).
             has = np.array([v is not None for v in named["score"]], dtype=bool)
             if not has.all():

@@ -33,10 +33,11 @@ class Feed:
     stream: Stream
     fields: tuple[str, ...]
     time: TimeBasis
+    keep_missing: bool = False  # rows without a score still reach operators that count what is missing
 
     @property
     def key(self) -> tuple:
-        return (self.stream, self.fields, self.time)
+        return (self.stream, self.fields, self.time, self.keep_missing)
 
 
 @dataclass
@@ -71,7 +72,7 @@ def feed_for(of: str | None, op: Any, time: TimeBasis, *, label: str) -> Feed:
     if of in ("y_true", "delay"):
         return Feed("pair", (of,), time)
     if of in ("prediction", "score") or (of.startswith("features.") and len(of) > len("features.")):
-        return Feed("prediction", (of,), "prediction")
+        return Feed("prediction", (of,), "prediction", keep_missing=bool(getattr(op, "accepts_missing", False)))
     if of == "label":
         return Feed("feedback", (of,), "feedback")
     choices = "y_pred, score, y_true, delay (pairs); prediction, score, features.<name> (predictions); label (feedback)"
@@ -116,7 +117,8 @@ def register_operator(op: Any, *, name: str | None, of: str | None, time: TimeBa
     if isinstance(op, type):
         raise RegistrationError(f"track() takes an operator instance, not the class: write monitor.track({op.__name__}())")
     op = adapt(op)
-    base_name = name or _snake(type(getattr(op, "stat", op)).__name__)
+    inner = getattr(op, "stat", op)
+    base_name = name or getattr(inner, "default_name", None) or _snake(type(inner).__name__)
     label = f"metric {base_name!r}"
     feed = feed_for(of if of is not None else getattr(op, "of", None), op, time, label=label)
     caps = capabilities(op)

@@ -136,3 +136,20 @@ def test_river_metric_reads_scores_when_it_does_not_require_labels():
     m.track(river_metrics.LogLoss(), name="river_log_loss")
     (tracked,) = m.metrics
     assert tracked.feed.fields == ("y_true", "score")
+
+
+def test_default_names_follow_prometheus_conventions():
+    m = monitor()
+    m.track(ops.FeedbackDelay())
+    m.track(ops.ROCAUC())
+    assert [t.name for t in m.metrics] == ["feedback_delay_seconds", "rocauc"]
+
+
+def test_null_rate_of_the_score_sees_predictions_without_one():
+    m = sm.Monitor("t", windows=[sm.Cumulative()])
+    m.track(ops.NullRate(of="score"), name="score_null_rate")
+    m.track(ops.Mean(of="score"), name="mean_score")
+    m.replay([{"id": "a", "ts": 1, "prediction": 1, "score": 0.5}, {"id": "b", "ts": 2, "prediction": 1},
+              {"id": "c", "ts": 3, "prediction": 0}, {"id": "d", "ts": 4, "prediction": 0, "score": 0.25}])
+    assert m.value("score_null_rate") == 0.5
+    assert m.value("mean_score") == 0.375

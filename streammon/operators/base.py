@@ -81,6 +81,10 @@ class Statistic:
     requires_labels: bool = True
     #: for operators whose ``get`` returns a mapping: the name of the label its keys go to
     output_label: str | None = None
+    #: the metric name when ``track(name=...)`` is not given (default: the class name in snake_case)
+    default_name: str | None = None
+    #: True for operators that count missing values, so rows without one still reach them
+    accepts_missing: bool = False
 
     def _params(self) -> dict[str, Any]:
         return {}

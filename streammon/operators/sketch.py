@@ -230,6 +230,8 @@ class FeedbackDelay(Quantiles):
     120
     """
 
+    default_name = "feedback_delay_seconds"
+
     def __init__(self, qs: Sequence[float] = (0.5, 0.9, 0.99), alpha: float = 0.01) -> None:
         super().__init__(qs, of="delay", alpha=alpha)
 
