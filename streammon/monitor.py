@@ -187,7 +187,6 @@ class Monitor:
             until: Callable[[], bool] | None = None) -> None:
         """Consume ``source`` until it is exhausted, ``until()`` is true, or :meth:`stop` is called."""
         size = max_records or self.settings.batch_size
-        self._stop.clear()
         try:
             while not self._stop.is_set() and not (until and until()):
                 batch = source.poll(size, poll_timeout)
@@ -200,6 +199,7 @@ class Monitor:
                 elif source.exhausted:
                     break
         finally:
+            self._stop.clear()  # here, not on entry, so a stop() that came before run() is honoured
             source.close()
 
     def stop(self) -> None:

@@ -184,4 +184,4 @@ def test_feedback_delay_through_the_monitor():
     m.replay(sorted(events, key=lambda e: e["ts"]))
     delay = np.array([e["ts"] for e in events if "label" in e]) - np.arange(n)
     for q in (0.5, 0.99):
-        assert within_bound(m.value("feedback_delay", quantile=str(q)), true_quantile(delay, q), 0.01)
+        assert within_bound(m.value("feedback_delay_seconds", quantile=str(q)), true_quantile(delay, q), 0.01)
