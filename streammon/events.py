@@ -102,11 +102,29 @@ _DEFAULT_POLICY = EventPolicy()
 _MODELS = {"prediction": Prediction, "feedback": Feedback}
 
 
+def _is_tag(part: object) -> bool:
+    # pydantic names union members in the error path ('float', 'dict[str,float]'); they are not fields.
+    return isinstance(part, str) and (part in {"float", "int", "str", "bool", "none"} or "[" in part)
+
+
 def _reason(exc: ValidationError) -> str:
+    """One short message per field. For a union (``score``: float or map) the most specific
+    complaint wins; when every member simply had the wrong type, the expected types are listed."""
+    by_field: dict[str, list[dict]] = {}
+    for err in exc.errors(include_url=False):
+        field = next((str(p) for p in err["loc"] if not _is_tag(p)), "event")
+        by_field.setdefault(field, []).append(err)
     parts = []
-    for err in exc.errors(include_url=False)[:3]:
-        loc = ".".join(str(p) for p in err["loc"]) or "event"
-        parts.append(f"{loc}: {err['msg']}")
+    for errs in list(by_field.values())[:3]:
+        depth = max(len(e["loc"]) for e in errs)
+        deepest = [e for e in errs if len(e["loc"]) == depth]
+        best = next((e for e in deepest if e["type"] == "finite_number"), deepest[0])
+        path = ".".join(str(p) for p in best["loc"] if not _is_tag(p)) or "event"
+        tags = [p for e in deepest for p in e["loc"][-1:] if _is_tag(p)]
+        if len(deepest) > 1 and best["type"] != "finite_number" and len(tags) == len(deepest):
+            parts.append(f"{path}: expected {' or '.join(t.split('[')[0] for t in tags)}, got {type(best['input']).__name__}")
+        else:
+            parts.append(f"{path}: {best['msg']}")
     return "; ".join(parts)
 
 

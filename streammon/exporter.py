@@ -152,7 +152,7 @@ class MonitorCollector:
 
 
 def samples(registry: CollectorRegistry) -> list[Sample]:
-    return [Sample(s.name, dict(s.labels), s.value) for family in registry.collect() for s in family.samples]
+    return [Sample(s.name, dict(s.labels), float(s.value)) for family in registry.collect() for s in family.samples]
 
 
 class MetricsServer:

@@ -155,7 +155,7 @@ def test_id_as_number(id_, path, caplog):
 
 @pytest.mark.parametrize("prediction", [{"class": 1}, [1, 0], None], ids=["object", "array", "null"])
 def test_prediction_of_wrong_type(prediction, path, caplog):
-    check_rejected({**BASE, "prediction": prediction}, r"^prediction\.", path=path, caplog=caplog)
+    check_rejected({**BASE, "prediction": prediction}, r"^prediction: expected bool or int or float or str", path=path, caplog=caplog)
 
 
 @pytest.mark.parametrize("score", ["0.9", "high", {"cat": "0.9", "dog": "0.1"}], ids=["numeric", "word", "map"])
@@ -254,7 +254,7 @@ def _non_finite(event: dict, form: str):
 @NON_FINITE
 @FORM
 def test_non_finite_score(x, form, path, caplog):
-    check_rejected(_non_finite({**BASE, "score": x}, form), r"^score\.float: Input should be a finite number",
+    check_rejected(_non_finite({**BASE, "score": x}, form), r"^score: Input should be a finite number",
                    path=path, caplog=caplog)
 
 
@@ -262,7 +262,7 @@ def test_non_finite_score(x, form, path, caplog):
 @FORM
 def test_non_finite_in_score_map(x, form, path, caplog):
     bad = _non_finite({**BASE, "prediction": "cat", "score": {"cat": x, "dog": 0.1}}, form)
-    check_rejected(bad, r"score\.dict\[str,float\]\.cat: Input should be a finite number", path=path, caplog=caplog)
+    check_rejected(bad, r"^score\.cat: Input should be a finite number", path=path, caplog=caplog)
 
 
 @NON_FINITE
@@ -274,7 +274,7 @@ def test_non_finite_ts(x, form, path, caplog):
 @NON_FINITE
 @FORM
 def test_non_finite_prediction(x, form, path, caplog):
-    check_rejected(_non_finite({**BASE, "prediction": x}, form), r"prediction\.float: Input should be a finite number",
+    check_rejected(_non_finite({**BASE, "prediction": x}, form), r"^prediction: Input should be a finite number",
                    path=path, caplog=caplog)
 
 
@@ -282,11 +282,11 @@ def test_non_finite_prediction(x, form, path, caplog):
 @FORM
 def test_non_finite_label(x, form, path, caplog):
     bad = _non_finite({"id": "bad-1", "ts": T0 + 50, "label": x}, form)
-    check_rejected(bad, r"label\.float: Input should be a finite number", path=path, caplog=caplog, kind="feedback")
+    check_rejected(bad, r"^label: Input should be a finite number", path=path, caplog=caplog, kind="feedback")
 
 
 @NON_FINITE
 @FORM
 def test_non_finite_feature(x, form, path, caplog):
     bad = _non_finite({**BASE, "features": {"age": x}}, form)
-    check_rejected(bad, r"features\.age\.float: Input should be a finite number", path=path, caplog=caplog)
+    check_rejected(bad, r"^features\.age: Input should be a finite number", path=path, caplog=caplog)
