@@ -12,13 +12,14 @@ import numpy as np
 
 from .events import Event, Prediction
 from .join import DUPLICATE, JoinStore
-from .panes import WindowState, make_state
+from .panes import Grouped, WindowState, group_rows, make_state
 from .registry import Feed, Tracked
 from .windows import Sliding
 
 log = logging.getLogger("streammon")
 
 OTHER = "__other__"
+_NO_SEGMENT: dict[str, str] = {}
 
 
 class SeriesKeys:
@@ -26,6 +27,7 @@ class SeriesKeys:
 
     def __init__(self, segments: Sequence[str], max_values: int) -> None:
         self.segments = tuple(segments)
+        self._blanks = ("",) * len(self.segments)
         self.max_values = max_values
         self._codes: dict[Any, int] = {}
         self.labels: list[tuple[str, ...]] = []  # code -> (model, *segment values)
@@ -34,8 +36,7 @@ class SeriesKeys:
 
     def code(self, model: str, segment: dict[str, str] | None) -> int:
         if self.segments:
-            seg = segment or {}
-            key = (model, *(seg.get(k, "") for k in self.segments))
+            key = (model, *map((segment or _NO_SEGMENT).get, self.segments, self._blanks))
         else:
             key = model
         code = self._codes.get(key)
@@ -172,13 +173,16 @@ class Engine:
         self.health.batch_seconds.append(time.perf_counter() - started)
 
     def _feed_windows(self, now, preds, fbs, pairs, pair_now) -> None:
-        cache: dict[tuple, _Columns | None] = {}
+        # Columns and their grouping by (series, pane) are built once per batch and shared by every
+        # metric that reads the same columns in the same window.
+        columns_of: dict[tuple, _Columns | None] = {}
+        grouped_of: dict[tuple, Grouped] = {}
         late_seen: set[tuple] = set()
         for tracked, states in self.metrics:
             feed = tracked.feed
-            if feed.key not in cache:
-                cache[feed.key] = self._columns(feed, preds, fbs, pairs, pair_now)
-            columns = cache[feed.key]
+            if feed.key not in columns_of:
+                columns_of[feed.key] = self._columns(feed, preds, fbs, pairs, pair_now)
+            columns = columns_of[feed.key]
             for state in states:
                 state.advance(now)
                 if columns is None:
@@ -189,8 +193,13 @@ class Engine:
                     late = int((columns.all_times < columns.all_arrivals - window.size - window.grace).sum())
                     if late:
                         self.health.late[(window.label, feed.stream)] += late
-                if len(columns.ids):
-                    state.add(columns.codes, columns.times, columns.cols, columns.ids)
+                if not len(columns.ids):
+                    continue
+                grouped = grouped_of.get((feed.key, window))
+                if grouped is None:
+                    grouped = grouped_of[(feed.key, window)] = group_rows(
+                        window, now, columns.codes, columns.times, columns.cols, columns.ids)
+                state.add(grouped)
 
     def _columns(self, feed: Feed, preds, fbs, pairs, pair_now) -> _Columns | None:
         if feed.stream == "pair":

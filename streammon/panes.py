@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from .operators.base import Capabilities, fresh_copy
 from .windows import Cumulative, Sliding, Window
 
-__all__ = ["WindowState", "ErrorSink", "make_state"]
+__all__ = ["WindowState", "ErrorSink", "Grouped", "group_rows", "make_state"]
 
 # Called as sink(window_label, event_id, exception) for every row an operator refused.
 ErrorSink = Callable[[str, Any, BaseException], None]
@@ -42,27 +42,54 @@ def feed(op: Any, caps: Capabilities, cols: Sequence[np.ndarray], ids: np.ndarra
     return None if ok.all() else ok
 
 
-def _groups(codes: np.ndarray, panes: np.ndarray | None) -> Iterator[tuple[int, int, np.ndarray | None]]:
-    """(code, pane, row indices or None for all rows) for each distinct (code, pane)."""
-    first_code = codes[0]
-    same_code = bool((codes == first_code).all())
-    if panes is None:
-        if same_code:
-            yield int(first_code), 0, None
-            return
-        for code in np.unique(codes):
-            yield int(code), 0, np.flatnonzero(codes == code)
-        return
-    if same_code and bool((panes == panes[0]).all()):
-        yield int(first_code), int(panes[0]), None
-        return
-    keys = np.stack([codes.astype(np.int64), panes])
-    uniq, inverse = np.unique(keys, axis=1, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(uniq.shape[1] + 1))
-    for g in range(uniq.shape[1]):
-        yield int(uniq[0, g]), int(uniq[1, g]), order[bounds[g] : bounds[g + 1]]
+class Group(NamedTuple):
+    """Rows of one series falling into one pane (pane 0 for cumulative windows)."""
+
+    code: int
+    pane: int
+    cols: Sequence[np.ndarray]
+    ids: np.ndarray
+
+
+class Grouped(NamedTuple):
+    groups: list[Group]
+    touched: list[int]  # series whose rows all fell before the window: they exist, with nothing new
+
+
+def _split(keys: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
+    """(key, row indices or None for all rows) for each distinct key."""
+    uniq = np.unique(keys)
+    if len(uniq) == 1:
+        return [(int(uniq[0]), None)]
+    if len(uniq) <= 16:  # a few masks beat a sort for the usual handful of series x panes
+        return [(int(k), np.flatnonzero(keys == k)) for k in uniq]
+    order = np.argsort(keys, kind="stable")
+    bounds = np.searchsorted(keys[order], uniq)
+    ends = np.append(bounds[1:], len(keys))
+    return [(int(k), order[a:b]) for k, a, b in zip(uniq, bounds, ends)]
+
+
+def group_rows(window: Window, stream_time: float, codes: np.ndarray, times: np.ndarray,
+               cols: Sequence[np.ndarray], ids: np.ndarray) -> Grouped:
+    """Group a batch by (series, pane) for ``window`` at ``stream_time``; done once per batch and
+    shared by every metric that reads the same columns in the same window."""
+    if isinstance(window, Cumulative):
+        return Grouped([Group(code, 0, *_take(cols, ids, idx)) for code, idx in _split(codes)], [])
+    first = math.floor(stream_time / window.step) + 1 - window.panes
+    pane_of = np.floor(times / window.step).astype(np.int64)
+    inside = pane_of >= first
+    touched: list[int] = []
+    if not inside.all():
+        # A series exists once it has had an event, even one already outside the window, so
+        # which series are published does not depend on where batches were cut.
+        touched = np.unique(codes[~inside]).tolist()
+        if not inside.any():
+            return Grouped([], touched)
+        codes, pane_of, ids = codes[inside], pane_of[inside], ids[inside]
+        cols = [c[inside] for c in cols]
+    span = window.panes
+    keys = codes.astype(np.int64) * span + (pane_of - first)
+    return Grouped([Group(key // span, key % span + first, *_take(cols, ids, idx)) for key, idx in _split(keys)], touched)
 
 
 def _take(cols: Sequence[np.ndarray], ids: np.ndarray, idx: np.ndarray | None):
@@ -80,14 +107,23 @@ class WindowState:
         self.caps = caps
         self.errors = errors
 
-    def add(self, codes: np.ndarray, times: np.ndarray, cols: Sequence[np.ndarray], ids: np.ndarray) -> None:
-        raise NotImplementedError
+    def add(self, grouped: Grouped) -> None:
+        for code in grouped.touched:
+            self._touch(code)
+        for g in grouped.groups:
+            self._add_group(g.code, g.pane, g.cols, g.ids)
 
     def advance(self, stream_time: float) -> None:
         """Drop what the window no longer covers at ``stream_time``."""
 
     def series(self) -> Iterator[tuple[int, int, Any]]:
         """(code, count, operator holding the window's value) for each series."""
+        raise NotImplementedError
+
+    def _touch(self, code: int) -> None:
+        pass
+
+    def _add_group(self, code: int, pane: int, cols, ids) -> None:
         raise NotImplementedError
 
 
@@ -97,14 +133,16 @@ class CumulativeState(WindowState):
         self.ops: dict[int, Any] = {}
         self.counts: dict[int, int] = defaultdict(int)
 
-    def add(self, codes, times, cols, ids) -> None:
-        for code, _, idx in _groups(codes, None):
-            op = self.ops.get(code)
-            if op is None:
-                op = self.ops[code] = fresh_copy(self.prototype)
-            g_cols, g_ids = _take(cols, ids, idx)
-            ok = feed(op, self.caps, g_cols, g_ids, self.window.label, self.errors)
-            self.counts[code] += len(g_ids) if ok is None else int(ok.sum())
+    def _touch(self, code: int) -> None:
+        if code not in self.ops:
+            self.ops[code] = fresh_copy(self.prototype)
+
+    def _add_group(self, code, pane, cols, ids) -> None:
+        op = self.ops.get(code)
+        if op is None:
+            op = self.ops[code] = fresh_copy(self.prototype)
+        ok = feed(op, self.caps, cols, ids, self.window.label, self.errors)
+        self.counts[code] += len(ids) if ok is None else int(ok.sum())
 
     def series(self):
         for code, op in self.ops.items():
@@ -131,22 +169,6 @@ class _Panes(WindowState):
             for p in stale:
                 self._evict(code, panes.pop(p))
 
-    def add(self, codes, times, cols, ids) -> None:
-        pane_of = np.floor(times / self.window.step).astype(np.int64)
-        inside = pane_of >= self.first_pane
-        if not inside.all():
-            # A series exists once it has had an event, even one already outside the window, so
-            # which series are published does not depend on where batches were cut.
-            for code in np.unique(codes[~inside]).tolist():
-                self._touch(code)
-            if not inside.any():
-                return
-            codes, pane_of, ids = codes[inside], pane_of[inside], ids[inside]
-            cols = [c[inside] for c in cols]
-        for code, pane, idx in _groups(codes, pane_of):
-            g_cols, g_ids = _take(cols, ids, idx)
-            self._add_group(code, pane, g_cols, g_ids)
-
     def _touch(self, code: int) -> None:
         if code not in self.panes:
             self.panes[code] = {}
@@ -159,9 +181,6 @@ class _Panes(WindowState):
         if entry is None:
             entry = panes[pane] = [make(), 0]
         return entry
-
-    def _add_group(self, code: int, pane: int, cols, ids) -> None:
-        raise NotImplementedError
 
     def _evict(self, code: int, entry: list) -> None:
         raise NotImplementedError
