@@ -200,30 +200,51 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-_KAFKA_OPTIONS = ("bootstrap_servers", "topics", "group", "state_dir")
-
-
 def _run(args: argparse.Namespace) -> int:
-    given = [f"--{o.replace('_', '-')}" for o in _KAFKA_OPTIONS if getattr(args, o) is not None]
-    if given or not args.source:
-        what = f"{', '.join(given)} need{'s' if len(given) == 1 else ''}" if given else "reading Kafka needs"
-        raise _UsageError(f"{what} the Kafka connector, which is not in this version of streammon yet; "
-                          f"run from files with --source FILE... (or try `streammon demo`)")
+    if bool(args.source) == bool(args.bootstrap_servers):
+        raise _UsageError("give either --bootstrap-servers HOST:PORT (Kafka) or --source FILE... (event files)")
     monitor = load_app(args.app)
-    source = _source(args.source, args.order)
+    if args.bootstrap_servers:
+        source = _kafka_source(args)
+        dead_letter = contextlib.nullcontext() if args.dead_letter else _kafka_dead_letter(monitor, args)
+    else:
+        source = _source(args.source, args.order)
+        dead_letter = contextlib.nullcontext()
     server = _serve(monitor, args.metrics_port, args.metrics_host)
     print(f"serving {server.url}", flush=True)
     try:
-        with _stop_on_signals() as stop, _dead_letter(monitor, args.dead_letter):
-            monitor.run(source, until=stop.is_set)
+        with _stop_on_signals() as stop, _dead_letter(monitor, args.dead_letter), dead_letter:
+            monitor.run(source, until=stop.is_set, state_dir=args.state_dir, checkpoint_interval=args.checkpoint_interval)
             print(_health(monitor), file=sys.stderr, flush=True)
-            if not args.exit_when_done and not stop.is_set():
+            if args.source and not args.exit_when_done and not stop.is_set():
                 print(f"input done; serving {server.url} until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
                 while not stop.wait(0.2):
                     pass
     finally:
         monitor.close()
     return 0
+
+
+def _kafka_source(args: argparse.Namespace):
+    from .connectors.kafka import KafkaSource
+
+    topics = (args.topics or "predictions,feedback").split(",")
+    if len(topics) != 2 or not all(topics):
+        raise _UsageError(f"--topics takes two names, predictions then feedback (e.g. predictions,feedback); got {args.topics!r}")
+    return KafkaSource(args.bootstrap_servers, predictions_topic=topics[0], feedback_topic=topics[1],
+                       group_id=args.group or "streammon")
+
+
+@contextlib.contextmanager
+def _kafka_dead_letter(monitor: Monitor, args: argparse.Namespace) -> Iterator[None]:
+    from .connectors.kafka import KafkaDeadLetter
+
+    sink = KafkaDeadLetter(args.bootstrap_servers, topic=args.dead_letter_topic)
+    monitor.dead_letter = sink
+    try:
+        yield
+    finally:
+        sink.close()
 
 
 def _serve(monitor: Monitor, port: int, host: str):
@@ -246,6 +267,37 @@ def _demo(args: argparse.Namespace) -> int:
             raise _UsageError(f"cannot serve /metrics on {args.host}:{args.port}: {exc.strerror or exc}") from exc
     return 0
 
+
+def _produce(args: argparse.Namespace) -> int:
+    from .producer import EventProducer, produce_all  # imported late: only this command sends to Kafka
+
+    if args.rate is not None and args.rate <= 0:
+        raise _UsageError("--rate must be positive")
+    if args.topic and (args.predictions_topic or args.feedback_topic):
+        raise _UsageError("--topic sends every event to one topic; leave out --predictions-topic/--feedback-topic")
+    source = _source(args.files, "file")
+    rejected = []
+
+    def on_reject(message, reason: str) -> None:
+        rejected.append(reason)
+        if len(rejected) <= 10:
+            print(f"streammon produce: rejected {message.topic}:{message.offset + 1}: {reason}", file=sys.stderr)
+
+    try:
+        producer = EventProducer(args.bootstrap_servers, predictions_topic=args.predictions_topic or "predictions",
+                                 feedback_topic=args.feedback_topic or "feedback", compression=args.compression)
+    except RegistrationError as exc:
+        source.close()
+        raise _UsageError(str(exc)) from exc
+    with _stop_on_signals() as stop, producer:
+        counts = produce_all(producer, source, kind=args.kind, topic=args.topic, rate=args.rate,
+                             stop=stop.is_set, on_reject=on_reject)
+    counts.pop("rejected", None)
+    sent = ", ".join(f"{n:,} to {topic}" for topic, n in counts.items()) or "none"
+    print(f"produced {sum(counts.values()):,} events ({sent})")
+    if rejected:
+        print(f"streammon produce: {len(rejected):,} invalid events were not sent", file=sys.stderr)
+    return 130 if stop.is_set() else 1 if rejected else 0
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
@@ -288,7 +340,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
     run.add_argument("--topics", help="Kafka topics: predictions,feedback")
     run.add_argument("--group", help="Kafka consumer group")
-    run.add_argument("--state-dir", help="directory for checkpoints")
+    run.add_argument("--state-dir", help="directory for checkpoints: state and offsets, restored at start")
+    run.add_argument("--checkpoint-interval", type=float, default=5.0, help="seconds between checkpoints (default 5)")
+    run.add_argument("--dead-letter-topic", default="streammon-dead-letter",
+                     help="Kafka topic for rejected events (default streammon-dead-letter; --dead-letter FILE overrides)")
     run.set_defaults(handler=_run)
 
     demo = commands.add_parser("demo", help="a simulated taxi-tip model with drift, served on /metrics")
@@ -300,6 +355,20 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-serve", action="store_true", help="do not serve /metrics; print the summary only")
     demo.add_argument("--report-every", type=float, default=5.0, help="seconds between summaries (default 5)")
     demo.set_defaults(handler=_demo)
+
+    produce = commands.add_parser("produce", help="validate event files and send them to Kafka")
+    produce.add_argument("files", nargs="+", metavar="FILE", help="JSONL or Parquet files of events")
+    produce.add_argument("--bootstrap-servers", default="localhost:9092",
+                         help="Kafka bootstrap servers (host:port,...; default localhost:9092)")
+    produce.add_argument("--topic", help="send every event to this topic (default: by kind, see below)")
+    produce.add_argument("--predictions-topic", help="topic of predictions (default predictions)")
+    produce.add_argument("--feedback-topic", help="topic of feedback (default feedback)")
+    produce.add_argument("--kind", choices=("prediction", "feedback"),
+                         help="every event is of this kind (others are rejected); default: the fields tell")
+    produce.add_argument("--compression", choices=("gzip", "lz4", "zstd", "none"), default="gzip",
+                         help="compression of message batches (default gzip)")
+    produce.add_argument("--rate", type=float, metavar="EVENTS_PER_S", help="send at most this many events per second")
+    produce.set_defaults(handler=_produce)
     return parser
 
 

@@ -7,6 +7,7 @@ import hmac
 import math
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
@@ -130,6 +131,29 @@ class MonitorCollector:
         stream_time.add_metric(mon, engine.stream_time if math.isfinite(engine.stream_time) else math.nan)
         yield stream_time
         yield self._processing_histogram(health.batch_seconds)
+        yield from self._source_families()
+
+    def _source_families(self) -> Iterator[Metric]:
+        m = self.monitor
+        mon = [m.name]
+        checkpointer = m._checkpointer
+        if checkpointer is not None and checkpointer.last_saved is not None:
+            age = GaugeMetricFamily(PREFIX + "checkpoint_age_seconds", "Seconds since the last checkpoint", labels=["monitor"])
+            age.add_metric(mon, max(0.0, time.time() - checkpointer.last_saved))
+            yield age
+        source = m._source
+        if source is None:
+            return
+        if hasattr(source, "connected"):
+            up = GaugeMetricFamily(PREFIX + "source_connected", "1 while the source reaches its broker", labels=["monitor"])
+            up.add_metric(mon, 1.0 if source.connected else 0.0)
+            yield up
+        if callable(getattr(source, "lag", None)):
+            lag = GaugeMetricFamily(PREFIX + "consumer_lag", "Messages behind the end of each input partition",
+                                    labels=["monitor", "topic", "partition"])
+            for (topic, partition), n in sorted(source.lag().items()):
+                lag.add_metric(mon + [topic, str(partition)], n)
+            yield lag
 
     def _processing_histogram(self, pending: list[float]) -> Metric:
         # Batch durations are drained here, so the hot path only appends a float.

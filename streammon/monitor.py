@@ -16,6 +16,7 @@ from .errors import EventError, RegistrationError
 from .events import EventPolicy, decode_event
 from .exporter import MetricsServer, MonitorCollector, Sample, samples
 from .join import MemoryJoinStore
+from .checkpoint import Checkpointer, CheckpointError
 from .registry import Tracked, register_function, register_operator
 from .windows import Cumulative, Sliding, Window, parse_duration
 
@@ -81,6 +82,8 @@ class Monitor:
         self.registry.register(MonitorCollector(self))
         self._server: MetricsServer | None = None
         self._stop = threading.Event()
+        self._source: Source | None = None  # while run() consumes it: its lag and connection are published
+        self._checkpointer: Checkpointer | None = None
 
     # -- registration -----------------------------------------------------------------------
     @property
@@ -183,24 +186,65 @@ class Monitor:
             return "feedback" if "label" in value else "predictions" if "prediction" in value else "unknown"
         return "unknown"
 
-    def run(self, source: Source, *, max_records: int | None = None, poll_timeout: float = 0.5,
-            until: Callable[[], bool] | None = None) -> None:
-        """Consume ``source`` until it is exhausted, ``until()`` is true, or :meth:`stop` is called."""
+    def run(self, source: Source, *, state_dir: str | None = None, checkpoint_interval: float = 5.0,
+            max_records: int | None = None, poll_timeout: float = 0.5, until: Callable[[], bool] | None = None) -> None:
+        """Consume ``source`` until it is exhausted, ``until()`` is true, or :meth:`stop` is called.
+
+        With ``state_dir``, state and offsets are checkpointed together every ``checkpoint_interval``
+        seconds (and at a clean stop), and a restart resumes from the last checkpoint: a worker killed
+        at any moment counts every event exactly once (see docs/kafka.md).
+        """
         size = max_records or self.settings.batch_size
+        checkpointer = Checkpointer(state_dir, interval=checkpoint_interval) if state_dir else None
+        offsets: dict[tuple[str, int], int] = {}
+        if checkpointer is not None:
+            with self._lock:
+                restored = checkpointer.restore(self._engine)
+                self._apply_settings_to_restored_state()
+            if restored is not None:
+                offsets.update(restored)
+                log.info("resumed from the checkpoint in %s (%d partitions)", state_dir, len(offsets))
+            if callable(getattr(source, "seek", None)):
+                source.seek(offsets)
+            elif offsets:
+                raise CheckpointError(f"{type(source).__name__} cannot seek, so it cannot resume from {state_dir}")
+        self._source, self._checkpointer = source, checkpointer
+        dirty = False
         try:
             while not self._stop.is_set() and not (until and until()):
                 batch = source.poll(size, poll_timeout)
                 if batch:
                     self.process(batch)
-                    offsets: dict[tuple[str, int], int] = {}
                     for msg in batch:
                         offsets[(msg.topic, msg.partition)] = msg.offset + 1
-                    source.commit(offsets)
-                elif source.exhausted:
+                    dirty = True
+                if dirty and (checkpointer is None or checkpointer.due()):
+                    self._checkpoint(source, checkpointer, offsets)
+                    dirty = False
+                if not batch and source.exhausted:
                     break
+            if dirty:
+                self._checkpoint(source, checkpointer, offsets)
         finally:
             self._stop.clear()  # here, not on entry, so a stop() that came before run() is honoured
+            self._source = None
             source.close()
+
+    def _checkpoint(self, source: Source, checkpointer: Checkpointer | None, offsets: dict[tuple[str, int], int]) -> None:
+        # Rejected events must be in the dead-letter sink before the offsets move past them.
+        flush = getattr(self.dead_letter, "flush", None)
+        if callable(flush):
+            flush()
+        if checkpointer is not None:
+            with self._lock:
+                checkpointer.save(self._engine, offsets)
+        source.commit(dict(offsets))
+
+    def _apply_settings_to_restored_state(self) -> None:
+        # A snapshot carries the store's settings of its day; the app's current settings win.
+        s, store = self.settings, self._engine.store
+        store.feedback_ttl, store.prediction_ttl, store.max_pending = s.feedback_ttl, s.prediction_ttl, s.max_pending
+        self._engine.keys.max_values = s.max_segment_values
 
     def stop(self) -> None:
         self._stop.set()

@@ -107,6 +107,16 @@ class WindowState:
         self.caps = caps
         self.errors = errors
 
+    # Set at registration from the app's code, so a snapshot holds only what the window accumulated.
+    _WIRING = ("window", "prototype", "caps", "errors")
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint saves: everything but the wiring."""
+        return {k: v for k, v in self.__dict__.items() if k not in self._WIRING}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def add(self, grouped: Grouped) -> None:
         for code in grouped.touched:
             self._touch(code)

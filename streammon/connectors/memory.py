@@ -30,6 +30,10 @@ class MemorySource:
         self._pos += len(batch)
         return batch
 
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Resume after a checkpoint: offsets are positions in the list."""
+        self._pos = max((o for (t, _), o in offsets.items()), default=0)
+
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         self.committed.update(offsets)
 

@@ -1,0 +1,148 @@
+"""Checkpoints: the monitor's state and the input offsets it reflects, saved together, atomically.
+
+Order (design section 7): process a batch -> snapshot {join store, window partials, counters,
+offsets} to a temporary file -> fsync -> rename over the previous snapshot -> only then commit the
+offsets to the source. A worker killed at any moment restarts from the last snapshot and re-reads
+from the offsets stored in it, so every event counts exactly once; offsets committed to Kafka
+serve lag monitoring only.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .errors import StreamMonError
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["Checkpointer", "CheckpointError"]
+
+FORMAT = 1
+Offsets = Mapping[tuple[str, int], int]
+
+
+class CheckpointError(StreamMonError):
+    """A snapshot cannot be written, read, or used with the app as it is now."""
+
+
+def _user_functions(engine: "Engine") -> dict[int, str]:
+    # Functions from the app's code (finalizers, per-event functions) are saved by name and
+    # re-attached from the app at restore: lambdas and closures cannot be pickled, nor should be.
+    found = {}
+    for tracked, _ in engine.metrics:
+        fn = getattr(tracked.prototype, "fn", None)
+        if fn is not None:
+            found[id(fn)] = tracked.name
+    return found
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, file, functions: dict[int, str]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._functions = functions
+
+    def persistent_id(self, obj: Any) -> str | None:
+        return self._functions.get(id(obj)) if callable(obj) else None
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, functions: dict[str, Any]) -> None:
+        super().__init__(file)
+        self._functions = functions
+
+    def persistent_load(self, pid: str) -> Any:
+        return self._functions[pid]
+
+
+def _signature(engine: "Engine") -> list[tuple]:
+    return [(t.name, type(getattr(t.prototype, "stat", t.prototype)).__name__, t.feed.key, tuple(w.label for w in t.windows))
+            for t, _ in engine.metrics] + [("segments", engine.keys.segments)]
+
+
+def dump_engine(engine: "Engine", offsets: Offsets) -> bytes:
+    state = {
+        "format": FORMAT,
+        "signature": _signature(engine),
+        "offsets": dict(offsets),
+        "store": engine.store,
+        "keys": engine.keys,
+        "health": {k: v for k, v in engine.health.__dict__.items() if k != "batch_seconds"},
+        "stream_time": engine.stream_time,
+        "windows": {t.name: [s.state() for s in states] for t, states in engine.metrics},
+    }
+    buffer = io.BytesIO()
+    _Pickler(buffer, _user_functions(engine)).dump(state)
+    return buffer.getvalue()
+
+
+def load_engine(engine: "Engine", data: bytes) -> dict[tuple[str, int], int]:
+    """Load a snapshot into ``engine`` (freshly built from the app); return the offsets to resume from."""
+    functions = {tracked.name: tracked.prototype.fn for tracked, _ in engine.metrics if getattr(tracked.prototype, "fn", None) is not None}
+    state = _Unpickler(io.BytesIO(data), functions).load()
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"snapshot format {state.get('format')} is not {FORMAT}; move the state directory away to start afresh")
+    if state["signature"] != _signature(engine):
+        raise CheckpointError(
+            "the app's metrics differ from the ones in the snapshot (a metric, window or segment was added, removed "
+            "or changed); keep the app as it was, or move the state directory away to start afresh"
+        )
+    engine.store = state["store"]
+    engine.keys = state["keys"]
+    engine.health.__dict__.update(state["health"])
+    engine.stream_time = state["stream_time"]
+    for tracked, states in engine.metrics:
+        for window_state, saved in zip(states, state["windows"][tracked.name]):
+            window_state.load(saved)
+    return state["offsets"]
+
+
+class Checkpointer:
+    """Snapshots in a local directory: ``snapshot.pkl``, replaced atomically by rename."""
+
+    def __init__(self, directory: str | os.PathLike, *, interval: float = 5.0) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / "snapshot.pkl"
+        self.interval = interval
+        self.last_saved: float | None = None  # wall clock of the last snapshot written or read
+
+    def due(self) -> bool:
+        return self.last_saved is None or time.monotonic() - self._last_monotonic >= self.interval
+
+    def save(self, engine: "Engine", offsets: Offsets) -> None:
+        data = dump_engine(engine, offsets)
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise CheckpointError(f"cannot write the snapshot in {self.directory}: {exc}") from exc
+        self.last_saved = time.time()
+        self._last_monotonic = time.monotonic()
+
+    def restore(self, engine: "Engine") -> dict[tuple[str, int], int] | None:
+        """Load the last snapshot into ``engine``; None when there is none yet."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CheckpointError(f"cannot read the snapshot {self.path}: {exc}") from exc
+        offsets = load_engine(engine, data)
+        self.last_saved = self.path.stat().st_mtime
+        self._last_monotonic = time.monotonic()
+        return offsets

@@ -1,0 +1,169 @@
+"""Kafka source and dead-letter sink on kafka-python.
+
+The source reads the predictions and feedback topics. It never lets Kafka decide where to resume:
+the monitor's checkpoint holds the offsets together with the state they produced, and ``seek``
+puts the consumer there at start. Offsets are also committed to the consumer group after each
+checkpoint, for lag dashboards and tools.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+
+from ..errors import SourceError
+from .base import Message
+
+__all__ = ["KafkaSource", "KafkaDeadLetter"]
+
+log = logging.getLogger("streammon")
+
+
+class KafkaSource:
+    """Consumes both topics; partition ``i`` of predictions and of feedback go to the same worker.
+
+    This release runs one worker per pair of topics: it is assigned every partition (no group
+    rebalancing yet), and refuses topics whose partition counts differ, because ids are joined
+    only within a partition number.
+
+    >>> source = KafkaSource("localhost:9092", group_id="fraud-monitor")   # doctest: +SKIP
+    >>> monitor.run(source, state_dir="state/")                           # doctest: +SKIP
+    """
+
+    def __init__(self, bootstrap_servers: str | list[str], *, predictions_topic: str = "predictions",
+                 feedback_topic: str = "feedback", group_id: str = "streammon", metadata_timeout: float = 30.0,
+                 **kafka_settings: Any) -> None:
+        self.topics = {predictions_topic: "prediction", feedback_topic: "feedback"}
+        settings = dict(
+            bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20, fetch_max_bytes=64 << 20,
+        )
+        settings.update(kafka_settings)
+        try:
+            self._consumer = KafkaConsumer(**settings)
+        except KafkaError as exc:
+            raise SourceError(f"cannot connect to Kafka at {bootstrap_servers}: {exc}") from exc
+        self._partitions = self._wait_for_partitions(metadata_timeout)
+        self._consumer.assign(self._partitions)
+        self._connected = True
+        self._lag: dict[tuple[str, int], int] = {}
+
+    def _wait_for_partitions(self, timeout: float) -> list[TopicPartition]:
+        deadline = time.monotonic() + timeout
+        counts: dict[str, set[int] | None] = {}
+        while True:
+            counts = {topic: self._consumer.partitions_for_topic(topic) for topic in self.topics}
+            if all(counts.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        missing = [t for t, p in counts.items() if not p]
+        if missing:
+            raise SourceError(f"topic(s) {', '.join(missing)} not found on the broker after {timeout:.0f} s; create them "
+                              f"with the same number of partitions (keyed by prediction id)")
+        sizes = {t: len(p) for t, p in counts.items()}
+        if len(set(sizes.values())) != 1:
+            raise SourceError(
+                f"the topics have different partition counts {sizes}: predictions and feedback must be co-partitioned "
+                f"(same count, both keyed by prediction id) so each id meets its feedback in one worker; "
+                f"recreate the smaller topic with {max(sizes.values())} partitions"
+            )
+        return [TopicPartition(t, p) for t in self.topics for p in sorted(counts[t])]
+
+    # -- the Source protocol --------------------------------------------------------------------
+    def poll(self, max_records: int, timeout: float) -> list[Message]:
+        try:
+            records = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        except KafkaError as exc:  # the client retries connections itself; a poll error is logged and retried
+            log.warning("Kafka poll failed (%s); retrying", exc)
+            return []
+        self._refresh_health()
+        batch = []
+        for tp, rows in records.items():
+            kind = self.topics[tp.topic]
+            for r in rows:
+                batch.append(Message(r.value, kind=kind, key=r.key, topic=tp.topic, partition=tp.partition, offset=r.offset))
+        return batch
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Resume at ``{(topic, partition): next offset}`` (from a checkpoint); others start from the beginning."""
+        for tp in self._partitions:
+            position = offsets.get((tp.topic, tp.partition))
+            if position is None:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, position)
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        from kafka.structs import OffsetAndMetadata
+        try:
+            self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+        except KafkaError as exc:  # the checkpoint already holds the offsets; the group commit is informational
+            log.warning("committing offsets to the consumer group failed (%s); state is safe in the checkpoint", exc)
+
+    @property
+    def exhausted(self) -> bool:
+        return False  # a topic never ends
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    # -- health ---------------------------------------------------------------------------------
+    # The consumer is not thread-safe: health is read in the polling thread and cached for scrapes.
+    def _refresh_health(self) -> None:
+        try:
+            self._connected = bool(self._consumer.bootstrap_connected())
+            lag = {}
+            for tp in self._partitions:
+                high = self._consumer.highwater(tp)
+                if high is not None:
+                    lag[(tp.topic, tp.partition)] = max(0, high - self._consumer.position(tp))
+            self._lag = lag
+        except Exception:  # noqa: BLE001 - a health probe must not raise
+            self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Messages behind the latest offset the broker reported, per partition (from fetch responses)."""
+        return dict(self._lag)
+
+
+class KafkaDeadLetter:
+    """Sends rejected events to a topic: same key and value, the reason and origin in headers.
+
+    Delivery is at least once: after a crash, events since the last checkpoint are read and may be
+    rejected again. Consumers can drop repeats by the ``streammon.origin`` header (topic/partition/offset).
+    """
+
+    def __init__(self, bootstrap_servers: str | list[str], *, topic: str = "streammon-dead-letter", **kafka_settings: Any) -> None:
+        self.topic = topic
+        settings = dict(bootstrap_servers=bootstrap_servers, compression_type="gzip", linger_ms=20)
+        settings.update(kafka_settings)
+        try:
+            self._producer = KafkaProducer(**settings)
+        except KafkaError as exc:
+            raise SourceError(f"cannot connect the dead-letter producer to {bootstrap_servers}: {exc}") from exc
+
+    def send(self, message: Message, reason: str) -> None:
+        value = message.value
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape")
+        elif not isinstance(value, (bytes, bytearray)):
+            import json
+            value = json.dumps(value, default=str).encode()
+        key = message.key.encode("utf-8", "surrogateescape") if isinstance(message.key, str) else message.key
+        headers = [("streammon.reason", reason.encode()),
+                   ("streammon.origin", f"{message.topic}/{message.partition}/{message.offset}".encode())]
+        self._producer.send(self.topic, value=bytes(value), key=key, headers=headers)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self._producer.flush(timeout=timeout)
+
+    def close(self) -> None:
+        self._producer.close()

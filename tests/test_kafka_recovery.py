@@ -1,0 +1,185 @@
+"""Kafka end to end on a real broker: a worker killed with SIGKILL 20 times still counts every event once."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+from prometheus_client.parser import text_string_to_metric_families
+from sklearn.metrics import accuracy_score, mean_absolute_error
+
+from streammon.connectors.broker import EmbeddedBroker
+from tests.oracle import run_oracle
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="module")
+def broker():
+    with EmbeddedBroker() as b:
+        admin = KafkaAdminClient(bootstrap_servers=b.bootstrap_servers)
+        admin.create_topics([NewTopic("predictions", PARTITIONS, 1), NewTopic("feedback", PARTITIONS, 1)])
+        admin.close()
+        yield b
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_events(n_predictions: int, seed: int = 7) -> list[tuple[str, str, bytes]]:
+    """(topic, key, value) in production order: out-of-order times, late, duplicate, missing, malformed."""
+    rng = random.Random(seed)
+    out, pending = [], []
+    t0 = 1_700_000_000.0
+    for i in range(n_predictions):
+        ts = t0 + i * 0.1 + rng.uniform(-30, 30)  # out of order
+        if rng.random() < 0.01:
+            ts -= 3000  # late for the 10-minute window
+        pid = f"p{i:07d}"
+        event = {"id": pid, "ts": ts, "prediction": rng.randint(0, 1), "score": rng.random(), "segment": {"version": f"v{i % 3}"}}
+        out.append(("predictions", pid, json.dumps(event).encode()))
+        if rng.random() < 0.005:
+            out.append(("predictions", pid, json.dumps({**event, "prediction": 1 - event["prediction"]}).encode()))
+        if rng.random() < 0.003:
+            out.append(("predictions", pid, b'{"id": "' + pid.encode() + b'", "ts": "yesterday"'))
+        if rng.random() < 0.9:
+            pending.append((i + rng.randint(1, 400), pid, ts + rng.uniform(1, 600), rng.randint(0, 1)))
+        pending.sort()
+        while pending and pending[0][0] <= i:
+            _, fid, fts, y = pending.pop(0)
+            out.append(("feedback", fid, json.dumps({"id": fid, "ts": fts, "label": y}).encode()))
+            if rng.random() < 0.01:
+                out.append(("feedback", fid, json.dumps({"id": fid, "ts": fts + 5, "label": 1 - y}).encode()))
+    return out
+
+
+def scrape(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def start_worker(broker, state_dir, port):
+    return subprocess.Popen(
+        [sys.executable, "-m", "streammon", "run", "tests/kafka_app.py:monitor", "--bootstrap-servers", broker.bootstrap_servers,
+         "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.3", "--group", "recovery-test"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigkill_at_twenty_moments_loses_and_doubles_nothing(broker, tmp_path):
+    events = make_events(60_000)  # ~ 115k messages with feedback, duplicates and malformed ones
+    assert len(events) >= 100_000
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, compression_type="gzip", linger_ms=20)
+    done = threading.Event()
+
+    def produce():
+        # Spread over ~15 s so that kills land while the worker is busy.
+        for i in range(0, len(events), 2000):
+            for topic, key, value in events[i:i + 2000]:
+                producer.send(topic, key=key.encode(), value=value)
+            producer.flush()
+            time.sleep(0.25)
+        done.set()
+
+    threading.Thread(target=produce, daemon=True).start()
+    port = free_port()
+    rng = random.Random(3)
+    kills = 0
+    worker = start_worker(broker, tmp_path, port)
+    try:
+        while kills < 20:
+            time.sleep(rng.uniform(0.5, 1.5))
+            if worker.poll() is not None:
+                raise AssertionError(f"worker died by itself: {worker.stderr.read().decode()[-2000:]}")
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+            kills += 1
+            worker = start_worker(broker, tmp_path, port)
+        assert done.wait(120), "producer did not finish"
+        expected_total = len(events)
+
+        def events_seen(s):
+            return sum(v for (n, labels), v in s.items() if n == "streammon_events_total")
+        wait_until(lambda: events_seen(scrape(port)) >= expected_total, 120, "the worker to read every event")
+        time.sleep(1.0)  # anything counted twice would show up now
+        got = scrape(port)
+        assert events_seen(got) == expected_total
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        producer.close()
+
+    valid = []
+    from streammon import EventError, decode_event
+    for topic, key, value in events:
+        try:
+            decode_event(value, kind="prediction" if topic == "predictions" else "feedback", key=key, now=2e9)
+            valid.append(json.loads(value))
+        except EventError:
+            pass
+    oracle = run_oracle(valid, feedback_ttl=100 * 86400, prediction_ttl=100 * 86400, segments=("version",))
+
+    def metric(name, **labels):
+        return got[(name, tuple(sorted({"monitor": "kafka_test", "model": "default", **labels}.items())))]
+
+    pairs = oracle.select("pair", None)
+    for version in ("v0", "v1", "v2"):
+        rows = [r for r in pairs if r.segment == (version,)]
+        y_true, y_pred = [r.y_true for r in rows], [r.y_pred for r in rows]
+        assert metric("streammon_accuracy", window="cumulative", version=version) == pytest.approx(accuracy_score(y_true, y_pred), rel=1e-12)
+        assert metric("streammon_mae", window="cumulative", version=version) == pytest.approx(mean_absolute_error(y_true, y_pred), rel=1e-9)
+        assert metric("streammon_accuracy_count", window="cumulative", version=version) == len(rows)
+        missed = np.mean([t == 1 and p == 0 for t, p in zip(y_true, y_pred)])
+        assert metric("streammon_missed_positive", window="cumulative", version=version) == pytest.approx(missed, rel=1e-9)
+        preds = [r for r in oracle.select("prediction", None) if r.segment == (version,)]
+        assert metric("streammon_predictions", window="cumulative", version=version) == len(preds)
+        assert metric("streammon_mean_score", window="cumulative", version=version) == pytest.approx(np.mean([r.score for r in preds]), rel=1e-9)
+
+        class W:  # the 10-minute window of the app
+            size, step, panes, grace = 600.0, 60.0, 10, 60.0
+        windowed = [r for r in oracle.select("pair", W) if r.segment == (version,)]
+        assert metric("streammon_accuracy_count", window="10m", version=version) == len(windowed)
+        if windowed:
+            assert metric("streammon_accuracy", window="10m", version=version) == pytest.approx(
+                accuracy_score([r.y_true for r in windowed], [r.y_pred for r in windowed]), rel=1e-12)
+    mon = {"monitor": "kafka_test"}
+    assert got[("streammon_join_pending", tuple(sorted({**mon, "side": "prediction"}.items())))] == oracle.pending_predictions
+    assert got[("streammon_join_pending", tuple(sorted({**mon, "side": "feedback"}.items())))] == oracle.pending_feedback
+    assert got[("streammon_joined_total", tuple(sorted(mon.items())))] == oracle.joined
+    for side in ("prediction", "feedback"):
+        assert got[("streammon_duplicates_total", tuple(sorted({**mon, "side": side}.items())))] == oracle.duplicates[side]
+    rejected = sum(v for (n, labels), v in got.items() if n == "streammon_events_total" and dict(labels)["outcome"] == "rejected")
+    assert rejected == len(events) - len(valid) > 0
