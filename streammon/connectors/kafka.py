@@ -115,7 +115,10 @@ class KafkaSource:
     # The consumer is not thread-safe: health is read in the polling thread and cached for scrapes.
     def _refresh_health(self) -> None:
         try:
-            self._connected = bool(self._consumer.bootstrap_connected())
+            # kafka-python's own gauge of open broker connections (bootstrap_connected() only covers the
+            # bootstrap socket, which the client closes once it knows the cluster).
+            count = self._consumer.metrics().get("consumer-metrics", {}).get("connection-count", 0)
+            self._connected = count > 0
             lag = {}
             for tp in self._partitions:
                 high = self._consumer.highwater(tp)
