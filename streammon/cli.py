@@ -1,4 +1,4 @@
-"""The ``streammon`` command: ``replay`` files through an app, ``run`` an app serving ``/metrics``, ``demo``.
+"""The ``streammon`` command: ``run`` an app serving ``/metrics``, ``replay`` files through it, ``produce`` events to Kafka, ``demo``.
 
 Exit codes: 0 done, 1 failed while running, 2 the command cannot work as given (arguments, app,
 input files, a busy port). Results go to stdout, progress and errors to stderr.
@@ -299,6 +299,46 @@ def _produce(args: argparse.Namespace) -> int:
         print(f"streammon produce: {len(rejected):,} invalid events were not sent", file=sys.stderr)
     return 130 if stop.is_set() else 1 if rejected else 0
 
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from .dashboards import dashboard  # imported late, like every command's own module
+
+    _write(json.dumps(dashboard(load_app(args.app)), indent=2) + "\n", args.output)
+    return 0
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    from .dashboards import alert_rules, to_yaml
+
+    monitor = load_app(args.app)
+    try:
+        rules = alert_rules(monitor, below=dict(args.below), above=dict(args.above), window=args.window,
+                            for_=args.for_, min_count=args.min_count)
+    except RegistrationError as exc:
+        raise _UsageError(str(exc)) from exc
+    _write(to_yaml(rules), args.output)
+    return 0
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    name, sep, value = text.rpartition("=")
+    try:
+        if not (sep and name):
+            raise ValueError(text)
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not METRIC=NUMBER, e.g. accuracy=0.8") from None
+
+
+def _write(text: str, path: str | None) -> None:
+    if path is None:
+        sys.stdout.write(text)
+        return
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise _UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
     """An event set by SIGINT or SIGTERM, so loops end cleanly (handlers restored afterwards)."""
@@ -369,6 +409,23 @@ def _parser() -> argparse.ArgumentParser:
                          help="compression of message batches (default gzip)")
     produce.add_argument("--rate", type=float, metavar="EVENTS_PER_S", help="send at most this many events per second")
     produce.set_defaults(handler=_produce)
+
+    board = commands.add_parser("dashboard", help="print a Grafana dashboard (JSON) with a panel per metric of an app")
+    board.add_argument("app", metavar="APP", help="the Monitor: app.py:monitor or package.module:monitor")
+    board.add_argument("--output", metavar="FILE", help="write to this file instead of stdout")
+    board.set_defaults(handler=_dashboard)
+
+    alerts = commands.add_parser("alerts", help="print Prometheus alert rules (YAML) for thresholds on an app's metrics")
+    alerts.add_argument("app", metavar="APP", help="the Monitor: app.py:monitor or package.module:monitor")
+    alerts.add_argument("--below", type=_threshold, action="append", default=[], metavar="METRIC=NUMBER",
+                        help="alert while the metric is below NUMBER, e.g. accuracy=0.8 (repeatable; METRIC[key] for one class or quantile)")
+    alerts.add_argument("--above", type=_threshold, action="append", default=[], metavar="METRIC=NUMBER",
+                        help="alert while the metric is above NUMBER, e.g. log_loss=0.6 (repeatable)")
+    alerts.add_argument("--window", help="window label to watch (default: each metric's first sliding window)")
+    alerts.add_argument("--for", dest="for_", default="15m", metavar="DURATION", help="how long the condition must hold (default 15m)")
+    alerts.add_argument("--min-count", type=int, default=100, help="events the window must hold (default 100)")
+    alerts.add_argument("--output", metavar="FILE", help="write to this file instead of stdout")
+    alerts.set_defaults(handler=_alerts)
     return parser
 
 

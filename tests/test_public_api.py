@@ -7,6 +7,7 @@ DOCUMENTED = {
     "Monitor", "MonitorSettings", "Cumulative", "Sliding", "Window", "Sample",
     "Prediction", "Feedback", "EventPolicy", "decode_event",
     "StreamMonError", "RegistrationError", "EventError", "SourceError",
+    "EventProducer", "MemoryProducer",
     "operators", "connectors", "__version__",
 }
 

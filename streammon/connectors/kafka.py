@@ -30,8 +30,10 @@ class KafkaSource:
     rebalancing yet), and refuses topics whose partition counts differ, because ids are joined
     only within a partition number.
 
-    >>> source = KafkaSource("localhost:9092", group_id="fraud-monitor")   # doctest: +SKIP
-    >>> monitor.run(source, state_dir="state/")                           # doctest: +SKIP
+    Use::
+
+        source = KafkaSource("localhost:9092", group_id="fraud-monitor")
+        monitor.run(source, state_dir="state/")
     """
 
     def __init__(self, bootstrap_servers: str | list[str], *, predictions_topic: str = "predictions",
