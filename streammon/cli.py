@@ -255,14 +255,18 @@ def _serve(monitor: Monitor, port: int, host: str):
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo  # imported late: it trains the demo's river models
-
     if args.rate <= 0 or (args.duration is not None and args.duration <= 0):
         raise _UsageError("--rate and --duration must be positive")
+    options = dict(seed=args.seed, rate=args.rate, duration=args.duration, port=args.port, host=args.host,
+                   serve=not args.no_serve, report_every=args.report_every)
     with _stop_on_signals() as stop:
         try:
-            run_demo(seed=args.seed, rate=args.rate, duration=args.duration, port=args.port, host=args.host,
-                     serve=not args.no_serve, report_every=args.report_every, stop=stop)
+            if args.in_process:
+                from .demo import run_demo  # imported late: it trains the demo's river models
+                run_demo(**options, stop=stop)
+            else:
+                from .demo_kafka import run_kafka_demo
+                run_kafka_demo(**options, stop=stop, bootstrap_servers=args.bootstrap_servers, produce_only=args.produce_only)
         except OSError as exc:
             raise _UsageError(f"cannot serve /metrics on {args.host}:{args.port}: {exc.strerror or exc}") from exc
     return 0
@@ -394,6 +398,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--no-serve", action="store_true", help="do not serve /metrics; print the summary only")
     demo.add_argument("--report-every", type=float, default=5.0, help="seconds between summaries (default 5)")
+    demo.add_argument("--in-process", action="store_true", help="no broker: feed the monitor directly")
+    demo.add_argument("--bootstrap-servers", help="use this Kafka instead of starting the embedded broker")
+    demo.add_argument("--produce-only", action="store_true", help="only produce the simulated events (for a stack "
+                      "whose workers run separately, e.g. docker compose)")
     demo.set_defaults(handler=_demo)
 
     produce = commands.add_parser("produce", help="validate event files and send them to Kafka")

@@ -124,7 +124,7 @@ def _reason(exc: ValidationError) -> str:
         if len(deepest) > 1 and best["type"] != "finite_number" and len(tags) == len(deepest):
             parts.append(f"{path}: expected {' or '.join(t.split('[')[0] for t in tags)}, got {type(best['input']).__name__}")
         else:
-            parts.append(f"{path}: {best['msg']}")
+            parts.append(f"{path}: {best['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
