@@ -173,39 +173,32 @@ class MemoryJoinStore:
                 self._remember(id, ts, code, now)
                 return (ts, fb_ts, code, label, prediction, score, id)
             self.counts.expired_feedback += 1
-        self._ensure_capacity(now)
-        slot = self._head
-        self._head += 1
-        self._slot[id] = slot
-        self._ts[slot] = ts
-        self._code[slot] = code
-        self._state[slot] = _PENDING
+        slot = self._new_slot(id, ts, code, _PENDING, now)
         self._pred[slot] = prediction
-        self._ids[slot] = id
         if isinstance(score, dict):
             self._map_scores[slot] = score
         elif score is not None:
             self._score[slot] = score
-        self._live += 1
         self._pending += 1
-        if ts < self._oldest_ts:
-            self._oldest_ts = ts
         return None
 
     def _remember(self, id: str, ts: float, code: int, now: float) -> None:
-        if not self.remember_joined:
-            return
+        if self.remember_joined:
+            self._new_slot(id, ts, code, _JOINED, now)
+
+    def _new_slot(self, id: str, ts: float, code: int, state: int, now: float) -> int:
         self._ensure_capacity(now)
         slot = self._head
         self._head += 1
         self._slot[id] = slot
         self._ts[slot] = ts
         self._code[slot] = code
-        self._state[slot] = _JOINED
+        self._state[slot] = state
         self._ids[slot] = id
         self._live += 1
         if ts < self._oldest_ts:
             self._oldest_ts = ts
+        return slot
 
     def add_feedback(self, id: str, ts: float, label: Any, now: float) -> Pair | str | None:
         slot = self._slot.get(id)

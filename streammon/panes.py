@@ -196,12 +196,42 @@ class _Panes(WindowState):
         raise NotImplementedError
 
 
-class SubtractingPanes(_Panes):
-    """merge + subtract: a running total per series; an evicted pane is subtracted. O(1) per scrape."""
+class _Totals(_Panes):
+    """Strategies that keep a running [operator, count] per series for the whole window."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.totals: dict[int, list] = {}
+
+    def _total(self, code: int) -> list:
+        total = self.totals.get(code)
+        if total is None:
+            total = self.totals[code] = [fresh_copy(self.prototype), 0]
+        return total
+
+    def _touch(self, code: int) -> None:
+        super()._touch(code)
+        self._total(code)
+
+    def series(self):
+        for code, (op, count) in self.totals.items():
+            yield code, count, op
+
+    def _evict(self, code: int, entry: list) -> None:
+        total = self.totals[code]
+        total[1] -= entry[1]
+        if total[1] == 0:
+            # Start afresh rather than keep the rounding left by taking floats out.
+            total[0] = fresh_copy(self.prototype)
+        else:
+            self._take_out(total[0], entry[0])
+
+    def _take_out(self, total: Any, partial: Any) -> None:
+        raise NotImplementedError
+
+
+class SubtractingPanes(_Totals):
+    """merge + subtract: a running total per series; an evicted pane is subtracted. O(1) per scrape."""
 
     def _add_group(self, code, pane, cols, ids) -> None:
         delta = fresh_copy(self.prototype)
@@ -212,29 +242,12 @@ class SubtractingPanes(_Panes):
         entry = self._pane(code, pane, lambda: fresh_copy(self.prototype))
         entry[0].merge(delta)
         entry[1] += n
-        total = self.totals.get(code)
-        if total is None:
-            total = self.totals[code] = [fresh_copy(self.prototype), 0]
+        total = self._total(code)
         total[0].merge(delta)
         total[1] += n
 
-    def _evict(self, code, entry) -> None:
-        total = self.totals[code]
-        total[1] -= entry[1]
-        if total[1] == 0:
-            # Start afresh rather than keep the rounding left by subtracting floats.
-            total[0] = fresh_copy(self.prototype)
-        else:
-            total[0].subtract(entry[0])
-
-    def _touch(self, code: int) -> None:
-        super()._touch(code)
-        if code not in self.totals:
-            self.totals[code] = [fresh_copy(self.prototype), 0]
-
-    def series(self):
-        for code, (op, count) in self.totals.items():
-            yield code, count, op
+    def _take_out(self, total, partial) -> None:
+        total.subtract(partial)
 
 
 class MergingPanes(_Panes):
@@ -258,17 +271,11 @@ class MergingPanes(_Panes):
             yield code, count, combined
 
 
-class RevertingPanes(_Panes):
+class RevertingPanes(_Totals):
     """revert only (river's way): one operator per series; each pane keeps its rows to revert them."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.totals: dict[int, list] = {}
-
     def _add_group(self, code, pane, cols, ids) -> None:
-        total = self.totals.get(code)
-        if total is None:
-            total = self.totals[code] = [fresh_copy(self.prototype), 0]
+        total = self._total(code)
         ok = feed(total[0], self.caps, cols, ids, self.window.label, self.errors)
         rows = list(zip(*cols)) if ok is None else [r for r, keep in zip(zip(*cols), ok) if keep]
         entry = self._pane(code, pane, list)
@@ -276,24 +283,10 @@ class RevertingPanes(_Panes):
         entry[1] += len(rows)
         total[1] += len(rows)
 
-    def _evict(self, code, entry) -> None:
-        total = self.totals[code]
-        total[1] -= entry[1]
-        if total[1] == 0:
-            total[0] = fresh_copy(self.prototype)
-            return
-        revert = total[0].revert
-        for row in entry[0]:
+    def _take_out(self, total, rows) -> None:
+        revert = total.revert
+        for row in rows:
             revert(*row)
-
-    def _touch(self, code: int) -> None:
-        super()._touch(code)
-        if code not in self.totals:
-            self.totals[code] = [fresh_copy(self.prototype), 0]
-
-    def series(self):
-        for code, (op, count) in self.totals.items():
-            yield code, count, op
 
 
 def make_state(window: Window, prototype: Any, caps: Capabilities, errors: ErrorSink) -> WindowState:

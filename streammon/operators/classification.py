@@ -14,6 +14,7 @@ from typing import Any, Hashable, Literal, Mapping
 import numpy as np
 
 from .base import Statistic
+from .terms import MeanOfTerms, one_row as _one
 from .confusion import ConfusionMatrix
 
 __all__ = ["Accuracy", "Precision", "Recall", "F1", "LogLoss", "BrierScore", "ROCAUC", "Calibration"]
@@ -26,12 +27,6 @@ def _column(xs: Any) -> np.ndarray:
     arr = np.asarray(xs)
     # Strings and mixed values are compared as Python objects, never as numpy unicode arrays.
     return arr if arr.dtype.kind in "iufb" else np.asarray(xs, dtype=object)
-
-
-def _one(x: Any) -> np.ndarray:
-    arr = np.empty(1, dtype=object)
-    arr[0] = x
-    return arr
 
 
 def _same_length(a: np.ndarray, b: np.ndarray) -> None:
@@ -75,44 +70,7 @@ def _probabilities(y_true: Any, score: Any, pos_label: Hashable, *, of_true: boo
     return is_pos, p
 
 
-class _MeanTerm(Statistic):
-    """Mean of a per-pair term, kept as (n, sum) so that panes merge and subtract."""
-
-    of = "y_pred"
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.total = 0.0
-
-    def _terms(self, y_true: Any, other: Any) -> np.ndarray:
-        raise NotImplementedError
-
-    def _add(self, n: int, total: float) -> None:
-        self.n += n
-        # Back to exactly zero when empty, rather than keep the rounding left by subtracting floats.
-        self.total = self.total + total if self.n else 0.0
-
-    def update(self, y_true: Any, other: Any) -> None:
-        self._add(1, float(self._terms(_one(y_true), _one(other))[0]))
-
-    def update_many(self, y_true: Any, other: Any) -> None:
-        terms = self._terms(y_true, other)
-        self._add(len(terms), float(terms.sum()))
-
-    def revert(self, y_true: Any, other: Any) -> None:
-        self._add(-1, -float(self._terms(_one(y_true), _one(other))[0]))
-
-    def merge(self, other: "_MeanTerm") -> None:
-        self._add(other.n, other.total)
-
-    def subtract(self, other: "_MeanTerm") -> None:
-        self._add(-other.n, -other.total)
-
-    def get(self) -> float:
-        return self.total / self.n if self.n else math.nan
-
-
-class Accuracy(_MeanTerm):
+class Accuracy(MeanOfTerms):
     """Share of pairs whose prediction equals the true value (``sklearn.metrics.accuracy_score``).
 
     >>> acc = Accuracy(); acc.update_many(np.array([1, 0, 1, 1]), np.array([1, 1, 1, 0])); acc.get()
@@ -222,7 +180,7 @@ class F1(_ConfusionMetric):
         return 2 * tp / (support + predicted) if support + predicted else 0.0
 
 
-class _ProbabilityMean(_MeanTerm):
+class _ProbabilityMean(MeanOfTerms):
     """Mean of a per-pair term over (y_true, score)."""
 
     of = "score"

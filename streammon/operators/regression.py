@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .base import Statistic
+from .terms import MeanOfTerms
 
 __all__ = ["MAE", "MSE", "RMSE", "MeanError", "R2"]
 
@@ -29,42 +30,15 @@ def _pairs(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
     return t, p
 
 
-class _MeanTerm(Statistic):
-    """Mean of a per-pair term, kept as (n, sum): merge adds, subtract removes, exactly up to rounding."""
-
-    of = "y_pred"
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.total = 0.0
+class _MeanTerm(MeanOfTerms):
+    """Mean of a per-pair term of two number columns; subclasses define ``_term(y_true, y_pred)``."""
 
     @staticmethod
-    def _terms(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    def _term(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _add(self, n: int, total: float) -> None:
-        self.n += n
-        # Exactly zero when empty, rather than the rounding left by subtracting floats.
-        self.total = self.total + total if self.n else 0.0
-
-    def update(self, y_true: float, y_pred: float) -> None:
-        self._add(1, float(self._terms(*_pairs([y_true], [y_pred]))[0]))
-
-    def update_many(self, y_true: Any, y_pred: Any) -> None:
-        terms = self._terms(*_pairs(y_true, y_pred))
-        self._add(len(terms), float(terms.sum()))
-
-    def revert(self, y_true: float, y_pred: float) -> None:
-        self._add(-1, -float(self._terms(*_pairs([y_true], [y_pred]))[0]))
-
-    def merge(self, other: "_MeanTerm") -> None:
-        self._add(other.n, other.total)
-
-    def subtract(self, other: "_MeanTerm") -> None:
-        self._add(-other.n, -other.total)
-
-    def get(self) -> float:
-        return self.total / self.n if self.n else math.nan
+    def _terms(self, y_true: Any, y_pred: Any) -> np.ndarray:
+        return self._term(*_pairs(y_true, y_pred))
 
 
 class MAE(_MeanTerm):
@@ -75,7 +49,7 @@ class MAE(_MeanTerm):
     """
 
     @staticmethod
-    def _terms(y_true, y_pred):
+    def _term(y_true, y_pred):
         return np.abs(y_pred - y_true)
 
 
@@ -87,7 +61,7 @@ class MSE(_MeanTerm):
     """
 
     @staticmethod
-    def _terms(y_true, y_pred):
+    def _term(y_true, y_pred):
         return (y_pred - y_true) ** 2
 
 
@@ -110,7 +84,7 @@ class MeanError(_MeanTerm):
     """
 
     @staticmethod
-    def _terms(y_true, y_pred):
+    def _term(y_true, y_pred):
         return y_pred - y_true
 
 
