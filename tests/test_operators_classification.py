@@ -1,7 +1,7 @@
 """Classification operators against scikit-learn (or numpy) recomputed from scratch, plus the operator laws."""
 
+import functools
 import math
-import pickle
 from collections import Counter
 
 import numpy as np
@@ -12,6 +12,7 @@ from sklearn import metrics as skm
 
 import streammon as sm
 from streammon import operators as ops
+from tests import operator_laws as laws
 
 
 def close(x, y, rel=1e-9):
@@ -26,43 +27,7 @@ def objects(values):
     return arr
 
 
-def check_laws(make, cols_a, cols_b, oracle):
-    """The operator laws on two batches A and B: oracle, per-event, merge, subtract, revert, pickle, clone."""
-    a = make()
-    assert math.isnan(a.get())
-    a.update_many(*cols_a)
-    assert close(a.get(), oracle(*cols_a))
-    one_by_one = make()
-    for row in zip(*cols_a):
-        one_by_one.update(*row)
-    assert close(one_by_one.get(), a.get())
-    b = make()
-    b.update_many(*cols_b)
-    ab = make()
-    ab.merge(a)
-    ab.merge(b)
-    both = [np.concatenate([x, y]) for x, y in zip(cols_a, cols_b)]
-    assert close(ab.get(), oracle(*both))
-    restored = pickle.loads(pickle.dumps(ab))
-    assert close(restored.get(), ab.get())
-    ab.subtract(b)
-    assert close(ab.get(), a.get())
-    reverted = make()
-    reverted.update_many(*cols_a)
-    for row in zip(*cols_b):
-        reverted.update(*row)
-    for row in zip(*cols_b):
-        reverted.revert(*row)
-    assert close(reverted.get(), a.get())
-    fresh = a.clone()
-    assert type(fresh) is type(a) and fresh._params() == a._params() and math.isnan(fresh.get())
-
-
-def check_atomic(op, *bad_cols):
-    before = pickle.dumps(op)
-    with pytest.raises((ValueError, TypeError)):
-        op.update_many(*bad_cols)
-    assert pickle.dumps(op) == before
+check_laws = functools.partial(laws.check_laws, close=close)
 
 
 def labels(rng, n, classes):
@@ -241,11 +206,11 @@ def test_probability_operators_take_class_maps_for_pos_label():
 def test_update_many_that_raises_changes_nothing(make):
     op = make()
     op.update_many(np.array([1, 0, 1]), np.array([0.0, 1.0, 1.0]) if op.of == "score" else np.array([1, 1, 0]))
-    check_atomic(op, np.array([1, 0]), np.array([1, 0, 1]))  # lengths differ
+    laws.check_atomic(op, np.array([1, 0]), np.array([1, 0, 1]))  # lengths differ
     if op.of == "score":
-        check_atomic(op, np.array([1, 0]), np.array([0.5, 1.5]))
-        check_atomic(op, np.array([1, 0]), np.array([0.5, np.nan]))
-        check_atomic(op, np.array([1, 0]), objects([0.5, "high"]))
+        laws.check_atomic(op, np.array([1, 0]), np.array([0.5, 1.5]))
+        laws.check_atomic(op, np.array([1, 0]), np.array([0.5, np.nan]))
+        laws.check_atomic(op, np.array([1, 0]), objects([0.5, "high"]))
 
 
 # -- through the engine -----------------------------------------------------------------------
