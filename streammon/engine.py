@@ -77,7 +77,7 @@ class Health:
     """Counters behind the self metrics."""
 
     events: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # (topic, outcome)
-    late: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # (window, stream)
+    late: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))  # (window, stream, time)
     operator_errors: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # (metric, window)
     dead_letters: int = 0
     batch_seconds: list[float] = field(default_factory=list)  # drained into the histogram at scrape
@@ -192,7 +192,7 @@ class Engine:
                     late_seen.add((feed.stream, feed.time, window))
                     late = int((columns.all_times < columns.all_arrivals - window.size - window.grace).sum())
                     if late:
-                        self.health.late[(window.label, feed.stream)] += late
+                        self.health.late[(window.label, feed.stream, feed.time)] += late
                 if not len(columns.ids):
                     continue
                 grouped = grouped_of.get((feed.key, window))

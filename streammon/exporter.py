@@ -112,9 +112,11 @@ class MonitorCollector:
             family.add_metric(mon + ["prediction"], pred)
             family.add_metric(mon + ["feedback"], fb)
             yield family
-        late = CounterMetricFamily(PREFIX + "late_events", "Events too old to enter a sliding window", labels=["monitor", "window", "stream"])
-        for (window, stream), n in sorted(health.late.items()):
-            late.add_metric(mon + [window, stream], n)
+        late = CounterMetricFamily(PREFIX + "late_events", "Events too old to enter a sliding window, by the event time "
+                                   "judged (a pair is judged by its prediction's or its feedback's time)",
+                                   labels=["monitor", "window", "stream", "time"])
+        for (window, stream, basis), n in sorted(health.late.items()):
+            late.add_metric(mon + [window, stream, basis], n)
         yield late
         errors = CounterMetricFamily(PREFIX + "operator_errors", "Events a metric's operator raised on", labels=["monitor", "metric", "window"])
         for (metric, window), n in sorted(health.operator_errors.items()):

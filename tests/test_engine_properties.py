@@ -152,7 +152,8 @@ def check_against_oracle(events, batch_size, time_basis="prediction"):
         for stream in ("pair", "prediction", "feedback"):
             expected = result.late(stream, window, time_basis if stream == "pair" else stream)
             got = by_name.get(("streammon_late_events_total",
-                               tuple(sorted({"monitor": "prop", "window": window.label, "stream": stream}.items()))), 0)
+                               tuple(sorted({"monitor": "prop", "window": window.label, "stream": stream,
+                                             "time": time_basis if stream == "pair" else stream}.items()))), 0)
             assert got == expected, (window, stream)
 
 
@@ -174,3 +175,13 @@ def test_results_do_not_depend_on_batching(events):
     assert a.keys() == b.keys()
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12, nan_ok=True), k
+
+
+def test_a_late_pair_counts_once_per_time_basis():
+    m = sm.Monitor("x", windows=[sm.Sliding(10, 10, grace=0)], max_future_seconds=1e12)
+    m.track(ops.Count(of="y_true"), name="a")
+    m.track(ops.Count(of="y_true"), name="b", time="feedback")
+    m.track(ops.Count(of="y_true"), name="c")  # a second metric on the same basis adds nothing
+    m.replay([{"id": "z", "ts": 100, "prediction": 1}, {"id": "p", "ts": 1, "prediction": 1}, {"id": "p", "ts": 2, "label": 1}])
+    late = {(s.labels["stream"], s.labels["time"]): s.value for s in m.values() if s.name == "streammon_late_events_total"}
+    assert late == {("pair", "prediction"): 1, ("pair", "feedback"): 1}
