@@ -184,7 +184,7 @@ def _query_var(name: str, query: str, *, all_: bool, multi: bool = False, all_va
     if all_:
         if all_value is not None:  # else "All" means every value (what a repeated panel wants)
             var["allValue"] = all_value
-        var["current"] = {"text": "All", "value": "$__all"}
+        var["current"] = {"text": ["All"], "value": ["$__all"]} if multi else {"text": "All", "value": "$__all"}
     elif current is not None:
         var["current"] = {"text": current, "value": current}
     return var
