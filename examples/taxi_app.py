@@ -14,6 +14,7 @@ from river import metrics
 
 import streammon as sm
 from streammon import operators as ops
+from streammon.demo import reference_scores
 
 monitor = sm.Monitor(
     "taxi",
@@ -31,6 +32,7 @@ monitor.track(ops.Count(of="prediction"), name="predictions")
 monitor.track(ops.Quantiles([0.1, 0.5, 0.9], of="score"), name="score_quantiles", windows=[sm.Sliding("15m")])
 monitor.track(ops.Mean(of="features.trip_distance"), name="mean_trip_distance_miles")
 monitor.track(ops.ClassDistribution(of="features.payment_type"), name="payment_type_share")
+monitor.track(ops.PSI(reference_scores(), of="score"), name="score_psi")  # drift against the training scores
 # feedback metrics
 monitor.track(ops.Mean(of="label"), name="tip_rate")
 monitor.track(ops.FeedbackDelay(), name="feedback_delay_seconds")

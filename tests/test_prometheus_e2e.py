@@ -42,7 +42,7 @@ from streammon.cli import load_app
 from streammon.connectors.broker import EmbeddedBroker
 from streammon.connectors.kafka import KafkaSource
 from streammon.dashboards import alert_rules, dashboard, to_yaml
-from streammon.demo import reference_scores, simulate
+from streammon.demo import simulate
 from test_demo import well_formed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,9 +174,8 @@ def local_config(shipped: dict, *, metrics_port: int, prometheus_port: int, aler
 def stack(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("stack")
     monitor = load_app(str(ROOT / "examples" / "taxi_app.py") + ":monitor")
-    if not any(isinstance(getattr(t.prototype, "stat", t.prototype), (ops.PSI, ops.KS)) for t in monitor.metrics):
-        # The dashboards' drift stat reads any *_psi metric; until the example app tracks one, add it here.
-        monitor.track(ops.PSI(reference_scores(0), of="score"), name="score_psi")
+    # The dashboards' drift stat reads any *_psi metric: the example app must track one.
+    assert any(isinstance(getattr(t.prototype, "stat", t.prototype), (ops.PSI, ops.KS)) for t in monitor.metrics)
     generated = workdir / "generated"
     generated.mkdir()
     for window in ("1h", "cumulative"):  # a rule per window, so that series lie on both sides of the threshold
