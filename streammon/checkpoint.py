@@ -72,7 +72,7 @@ def dump_engine(engine: "Engine", offsets: Offsets) -> bytes:
         "offsets": dict(offsets),
         "store": engine.store,
         "keys": engine.keys,
-        "health": {k: v for k, v in engine.health.__dict__.items() if k != "batch_seconds"},
+        "health": dict(engine.health.__dict__),
         "stream_time": engine.stream_time,
         "windows": {t.name: [s.state() for s in states] for t, states in engine.metrics},
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections import defaultdict
@@ -19,6 +20,7 @@ from .windows import Sliding
 log = logging.getLogger("streammon")
 
 OTHER = "__other__"
+PROCESSING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _NO_SEGMENT: dict[str, str] = {}
 
 
@@ -80,7 +82,13 @@ class Health:
     late: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))  # (window, stream, time)
     operator_errors: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # (metric, window)
     dead_letters: int = 0
-    batch_seconds: list[float] = field(default_factory=list)  # drained into the histogram at scrape
+    # Histogram of batch processing time: counts per bucket of PROCESSING_BUCKETS (+Inf last), and the sum.
+    batch_buckets: list[int] = field(default_factory=lambda: [0] * (len(PROCESSING_BUCKETS) + 1))
+    batch_seconds: float = 0.0
+
+    def observe_batch(self, seconds: float) -> None:
+        self.batch_buckets[bisect.bisect_left(PROCESSING_BUCKETS, seconds)] += 1
+        self.batch_seconds += seconds
 
 
 @dataclass
@@ -170,7 +178,7 @@ class Engine:
         events_count[("feedback", "duplicate")] += dup_f
         store.expire(now)
         self._feed_windows(now, preds, fbs, pairs, pair_now)
-        self.health.batch_seconds.append(time.perf_counter() - started)
+        self.health.observe_batch(time.perf_counter() - started)
 
     def _feed_windows(self, now, preds, fbs, pairs, pair_now) -> None:
         # Columns and their grouping by (series, pane) are built once per batch and shared by every

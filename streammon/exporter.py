@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from .engine import OTHER
+from .engine import OTHER, PROCESSING_BUCKETS
 
 if TYPE_CHECKING:
     from .monitor import Monitor
@@ -24,7 +24,6 @@ __all__ = ["Sample", "MonitorCollector", "MetricsServer"]
 
 PREFIX = "streammon_"
 MAX_OUTPUT_KEYS = 100
-_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Sample(NamedTuple):
@@ -40,8 +39,6 @@ class MonitorCollector:
 
     def __init__(self, monitor: "Monitor") -> None:
         self.monitor = monitor
-        self._hist_counts = [0] * (len(_BUCKETS) + 1)
-        self._hist_sum = 0.0
 
     def collect(self) -> Iterator[Metric]:
         with self.monitor._lock:
@@ -67,7 +64,7 @@ class MonitorCollector:
                         values.add_metric(labels, value if isinstance(value, float) else math.nan)
                     elif isinstance(value, dict):
                         for key, v in list(value.items())[:MAX_OUTPUT_KEYS]:
-                            values.add_metric(labels + [str(key)], float(v))
+                            values.add_metric(labels + [str(key)], _number(v))
             yield values
             yield counts
 
@@ -79,12 +76,7 @@ class MonitorCollector:
         except Exception as exc:  # noqa: BLE001 - a user finalizer must never break a scrape
             self.monitor._engine._error_sink(name)(window, None, exc)
             return math.nan
-        if isinstance(value, dict):
-            return value
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return math.nan
+        return value if isinstance(value, dict) else _number(value)
 
     def _self_families(self) -> Iterator[Metric]:
         m = self.monitor
@@ -132,7 +124,7 @@ class MonitorCollector:
         stream_time = GaugeMetricFamily(PREFIX + "stream_time_seconds", "Largest event time seen (the watermark)", labels=["monitor"])
         stream_time.add_metric(mon, engine.stream_time if math.isfinite(engine.stream_time) else math.nan)
         yield stream_time
-        yield self._processing_histogram(health.batch_seconds)
+        yield self._processing_histogram(health)
         yield from self._source_families()
 
     def _source_families(self) -> Iterator[Metric]:
@@ -157,24 +149,21 @@ class MonitorCollector:
                 lag.add_metric(mon + [topic, str(partition)], n)
             yield lag
 
-    def _processing_histogram(self, pending: list[float]) -> Metric:
-        # Batch durations are drained here, so the hot path only appends a float.
-        for s in pending:
-            self._hist_sum += s
-            for i, bound in enumerate(_BUCKETS):
-                if s <= bound:
-                    self._hist_counts[i] += 1
-                    break
-            else:
-                self._hist_counts[-1] += 1
-        pending.clear()
+    def _processing_histogram(self, health) -> Metric:
         cumulative, buckets = 0, []
-        for bound, n in zip((*map(str, _BUCKETS), "+Inf"), self._hist_counts):
+        for bound, n in zip((*map(str, PROCESSING_BUCKETS), "+Inf"), health.batch_buckets):
             cumulative += n
             buckets.append((bound, cumulative))
         hist = HistogramMetricFamily(PREFIX + "processing_seconds", "Time to process one batch of events", labels=["monitor"])
-        hist.add_metric([self.monitor.name], buckets, self._hist_sum)
+        hist.add_metric([self.monitor.name], buckets, health.batch_seconds)
         return hist
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # a user operator's get() returned something else: NaN, not a broken scrape
+        return math.nan
 
 
 def samples(registry: CollectorRegistry) -> list[Sample]:

@@ -193,3 +193,23 @@ def test_a_raising_per_event_function_is_isolated_and_counted(caplog):
     errors = {s.labels["window"]: s.value for s in m.values() if s.name == "streammon_operator_errors_total"}
     assert errors["cumulative"] == 50 - len(kept)
     assert "picky" in caplog.text and "no ones" in caplog.text
+
+
+def test_an_operator_returning_non_numbers_publishes_nan_instead_of_breaking_the_scrape():
+    class Odd:
+        output_label = "part"
+
+        def update(self, y_true, y_pred):
+            pass
+
+        def merge(self, other):
+            pass
+
+        def get(self):
+            return {"a": "not a number", "b": 2}
+
+    m = sm.Monitor("t", windows=[sm.Cumulative()])
+    m.track(Odd(), name="odd")
+    m.replay(make_events(5))
+    parts = {s.labels["part"]: s.value for s in m.values() if s.name == "streammon_odd"}
+    assert math.isnan(parts["a"]) and parts["b"] == 2
