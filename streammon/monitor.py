@@ -149,19 +149,22 @@ class Monitor:
                 events.append(decode_event(msg.value, kind=msg.kind, key=msg.key, policy=policy, now=now))
             except EventError as exc:
                 rejected.append((msg, exc.reason))
+        # The sink is written outside the lock, so a slow dead-letter topic never holds up a scrape.
+        sent = self._dead_letter(rejected) if rejected else 0
         with self._lock:
-            if rejected:
-                self._reject(rejected)
+            health = self._engine.health
+            for msg, _ in rejected:
+                health.events[(_TOPIC[msg.kind] if msg.kind else self._guess_topic(msg), "rejected")] += 1
+            health.dead_letters += sent
             self._engine.apply(events)
 
-    def _reject(self, rejected: list[tuple[Message, str]]) -> None:
-        health = self._engine.health
+    def _dead_letter(self, rejected: list[tuple[Message, str]]) -> int:
+        sent = 0
         for msg, reason in rejected:
-            health.events[(_TOPIC[msg.kind] if msg.kind else self._guess_topic(msg), "rejected")] += 1
             if self.dead_letter is not None:
                 try:
                     self.dead_letter.send(msg, reason)
-                    health.dead_letters += 1
+                    sent += 1
                 except Exception:  # noqa: BLE001 - a failing sink must not stop the monitor; the count shows it
                     log.exception("dead-letter sink failed for a rejected event")
             self._rejected_logged += 1
@@ -169,12 +172,7 @@ class Monitor:
             if n <= 10 or n & (n - 1) == 0:  # the first ten, then at powers of two
                 log.warning("rejected event #%d (topic %s, partition %d, offset %d): %s",
                             n, msg.topic or "-", msg.partition, msg.offset, reason)
-        flush = getattr(self.dead_letter, "flush", None)
-        if callable(flush):
-            try:
-                flush()
-            except Exception:  # noqa: BLE001
-                log.exception("dead-letter sink failed to flush")
+        return sent
 
     @staticmethod
     def _guess_topic(msg: Message) -> str:

@@ -39,8 +39,8 @@ class FileDeadLetter:
 
     ``key`` and ``value`` are the message's bytes as text when they are UTF-8, else base64 with
     ``key_base64`` / ``value_base64`` set to true; a decoded event (a dict) is written as its JSON
-    text. Lines are buffered and written by :meth:`flush`, once per batch; with ``autoflush`` (the
-    default) every ``send`` is flushed at once, for monitors that do not call ``flush``.
+    text. With ``autoflush`` (the default) every ``send`` is written at once; without it, lines are
+    buffered until :meth:`flush`, which ``Monitor.run`` calls at every checkpoint.
 
     >>> import json, tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "dead.jsonl"
