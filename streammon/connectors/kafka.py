@@ -43,6 +43,9 @@ class KafkaSource:
         settings = dict(
             bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20, fetch_max_bytes=64 << 20,
+            # A fetch waits at most 100 ms for data (kafka-python's default is 500): fresher metrics
+            # on a quiet topic, for about ten empty fetches a second when idle.
+            fetch_max_wait_ms=100,
         )
         settings.update(kafka_settings)
         try:
