@@ -143,13 +143,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _kafka_source(args: argparse.Namespace):
-    from .connectors.kafka import KafkaSource
-
     topics = (args.topics or "predictions,feedback").split(",")
     if len(topics) != 2 or not all(topics):
         raise _UsageError(f"--topics takes two names, predictions then feedback (e.g. predictions,feedback); got {args.topics!r}")
-    return KafkaSource(args.bootstrap_servers, predictions_topic=topics[0], feedback_topic=topics[1],
-                       group_id=args.group or "streammon")
+    if args.kafka_client == "confluent":
+        from .connectors.kafka_confluent import ConfluentKafkaSource as Source
+    else:
+        from .connectors.kafka import KafkaSource as Source
+    return Source(args.bootstrap_servers, predictions_topic=topics[0], feedback_topic=topics[1], group_id=args.group or "streammon")
 
 
 @contextlib.contextmanager
@@ -303,6 +304,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--group", help="Kafka consumer group")
     run.add_argument("--state-dir", help="directory for checkpoints: state and offsets, restored at start")
     run.add_argument("--checkpoint-interval", type=float, default=5.0, help="seconds between checkpoints (default 5)")
+    run.add_argument("--kafka-client", choices=("kafka-python", "confluent"), default="kafka-python",
+                     help="Kafka client library (confluent needs pip install 'streammon[confluent]')")
     run.add_argument("--dead-letter-topic", default="streammon-dead-letter",
                      help="Kafka topic for rejected events (default streammon-dead-letter; --dead-letter FILE overrides)")
     run.set_defaults(handler=_run)

@@ -333,6 +333,16 @@ def test_client_errors_are_logged_and_polling_goes_on(broker, dataset, caplog):
     source = confluent_source(broker, topics)
     source.seek({})
 
+    class ErrorEvent:  # what consume() returns for a partition in trouble (the parts poll reads)
+        def error(self):
+            return ck.KafkaError(ck.KafkaError.NOT_LEADER_FOR_PARTITION)
+
+        def topic(self):
+            return topics[0]
+
+        def partition(self):
+            return 1
+
     class Failing:  # librdkafka's two ways to report trouble: a raising call, an error event among messages
         calls = 0
 
@@ -343,9 +353,7 @@ def test_client_errors_are_logged_and_polling_goes_on(broker, dataset, caplog):
             Failing.calls += 1
             if Failing.calls == 1:
                 raise ck.KafkaException(ck.KafkaError(ck.KafkaError._TIMED_OUT))
-            error = ck.Message(topic=topics[0], partition=1, offset=-1,
-                               error=ck.KafkaError(ck.KafkaError.NOT_LEADER_FOR_PARTITION))
-            return [error] + self.consumer.consume(num_messages, timeout)
+            return [ErrorEvent()] + self.consumer.consume(num_messages, timeout)
 
         def __getattr__(self, name):
             return getattr(self.consumer, name)
@@ -407,3 +415,16 @@ def test_a_missing_client_names_the_extra(monkeypatch):
         ConfluentKafkaSource("127.0.0.1:9")
     with pytest.raises(SourceError, match=r"pip install 'streammon\[confluent\]'"):
         ConfluentKafkaDeadLetter("127.0.0.1:9")
+
+
+@pytest.mark.parametrize("client, expected", [("kafka-python", KafkaSource), ("confluent", ConfluentKafkaSource)])
+def test_streammon_run_chooses_the_client(broker, dataset, client, expected):
+    from streammon.cli import _kafka_source, _parser
+
+    args = _parser().parse_args(["run", "app.py:monitor", "--bootstrap-servers", broker.bootstrap_servers,
+                                 "--topics", ",".join(dataset["topics"]), "--kafka-client", client])
+    source = _kafka_source(args)
+    try:
+        assert type(source) is expected
+    finally:
+        source.close()
