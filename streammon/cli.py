@@ -155,9 +155,11 @@ def _kafka_source(args: argparse.Namespace):
 
 @contextlib.contextmanager
 def _kafka_dead_letter(monitor: Monitor, args: argparse.Namespace) -> Iterator[None]:
-    from .connectors.kafka import KafkaDeadLetter
-
-    sink = KafkaDeadLetter(args.bootstrap_servers, topic=args.dead_letter_topic)
+    if args.kafka_client == "confluent":
+        from .connectors.kafka_confluent import ConfluentKafkaDeadLetter as DeadLetter
+    else:
+        from .connectors.kafka import KafkaDeadLetter as DeadLetter
+    sink = DeadLetter(args.bootstrap_servers, topic=args.dead_letter_topic)
     monitor.dead_letter = sink
     try:
         yield

@@ -8,6 +8,7 @@ checkpoint, for lag dashboards and tools.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any, Mapping
@@ -162,13 +163,12 @@ class KafkaDeadLetter:
         value = message.value
         if isinstance(value, str):
             value = value.encode("utf-8", "surrogateescape")
-        elif not isinstance(value, (bytes, bytearray)):
-            import json
+        elif value is not None and not isinstance(value, (bytes, bytearray)):  # None: a tombstone stays one
             value = json.dumps(value, default=str).encode()
         key = message.key.encode("utf-8", "surrogateescape") if isinstance(message.key, str) else message.key
         headers = [("streammon.reason", reason.encode()),
                    ("streammon.origin", f"{message.topic}/{message.partition}/{message.offset}".encode())]
-        self._producer.send(self.topic, value=bytes(value), key=key, headers=headers)
+        self._producer.send(self.topic, value=None if value is None else bytes(value), key=key, headers=headers)
 
     def flush(self, timeout: float | None = None) -> None:
         self._producer.flush(timeout=timeout)
