@@ -24,7 +24,47 @@ __all__ = ["KafkaSource", "KafkaDeadLetter"]
 log = logging.getLogger("streammon")
 
 
-class KafkaSource:
+def check_co_partitioned(counts: Mapping[str, set[int]]) -> None:
+    """Refuse topics whose partition counts differ: ids are joined only within a partition number."""
+    sizes = {t: len(p) for t, p in counts.items()}
+    if len(set(sizes.values())) != 1:
+        raise SourceError(
+            f"the topics have different partition counts {sizes}: predictions and feedback must be co-partitioned "
+            f"(same count, both keyed by prediction id) so each id meets its feedback in one worker; "
+            f"recreate the smaller topic with {max(sizes.values())} partitions"
+        )
+
+
+def dead_letter_record(message: Message, reason: str) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """(key, value, headers) of the dead-letter copy of ``message``: same bytes, reason and origin in headers."""
+    value = message.value
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogateescape")
+    elif value is not None and not isinstance(value, (bytes, bytearray)):  # None: a tombstone stays one
+        value = json.dumps(value, default=str).encode()
+    key = message.key.encode("utf-8", "surrogateescape") if isinstance(message.key, str) else message.key
+    headers = [("streammon.reason", reason.encode()),
+               ("streammon.origin", f"{message.topic}/{message.partition}/{message.offset}".encode())]
+    return key, None if value is None else bytes(value), headers
+
+
+class CachedHealth:
+    """Source health read in the polling thread (consumers are not thread-safe) and served to scrapes."""
+
+    _connected: bool  # set by the source at start and after each poll
+    _lag: dict[tuple[str, int], int]
+
+    @property
+    def connected(self) -> bool:
+        """True while the client holds a connection to a broker."""
+        return self._connected
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Messages behind the latest offset the broker reported, per partition (from fetch responses)."""
+        return dict(self._lag)
+
+
+class KafkaSource(CachedHealth):
     """Consumes both topics; partition ``i`` of predictions and of feedback go to the same worker.
 
     This release runs one worker per pair of topics: it is assigned every partition (no group
@@ -70,13 +110,7 @@ class KafkaSource:
         if missing:
             raise SourceError(f"topic(s) {', '.join(missing)} not found on the broker after {timeout:.0f} s; create them "
                               f"with the same number of partitions (keyed by prediction id)")
-        sizes = {t: len(p) for t, p in counts.items()}
-        if len(set(sizes.values())) != 1:
-            raise SourceError(
-                f"the topics have different partition counts {sizes}: predictions and feedback must be co-partitioned "
-                f"(same count, both keyed by prediction id) so each id meets its feedback in one worker; "
-                f"recreate the smaller topic with {max(sizes.values())} partitions"
-            )
+        check_co_partitioned(counts)
         return [TopicPartition(t, p) for t in self.topics for p in sorted(counts[t])]
 
     # -- the Source protocol --------------------------------------------------------------------
@@ -134,14 +168,6 @@ class KafkaSource:
         except Exception:  # noqa: BLE001 - a health probe must not raise
             self._connected = False
 
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    def lag(self) -> dict[tuple[str, int], int]:
-        """Messages behind the latest offset the broker reported, per partition (from fetch responses)."""
-        return dict(self._lag)
-
 
 class KafkaDeadLetter:
     """Sends rejected events to a topic: same key and value, the reason and origin in headers.
@@ -160,15 +186,8 @@ class KafkaDeadLetter:
             raise SourceError(f"cannot connect the dead-letter producer to {bootstrap_servers}: {exc}") from exc
 
     def send(self, message: Message, reason: str) -> None:
-        value = message.value
-        if isinstance(value, str):
-            value = value.encode("utf-8", "surrogateescape")
-        elif value is not None and not isinstance(value, (bytes, bytearray)):  # None: a tombstone stays one
-            value = json.dumps(value, default=str).encode()
-        key = message.key.encode("utf-8", "surrogateescape") if isinstance(message.key, str) else message.key
-        headers = [("streammon.reason", reason.encode()),
-                   ("streammon.origin", f"{message.topic}/{message.partition}/{message.offset}".encode())]
-        self._producer.send(self.topic, value=None if value is None else bytes(value), key=key, headers=headers)
+        key, value, headers = dead_letter_record(message, reason)
+        self._producer.send(self.topic, value=value, key=key, headers=headers)
 
     def flush(self, timeout: float | None = None) -> None:
         self._producer.flush(timeout=timeout)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 from ..errors import SourceError
 from .base import Message
+from .kafka import CachedHealth, check_co_partitioned, dead_letter_record
 
 __all__ = ["ConfluentKafkaSource", "ConfluentKafkaDeadLetter"]
 
@@ -46,16 +47,6 @@ def _describe(exc: BaseException) -> str:
     return error.str() if hasattr(error, "str") else str(exc)
 
 
-def _co_partitioned(counts: dict[str, set[int]]) -> None:
-    sizes = {t: len(p) for t, p in counts.items()}
-    if len(set(sizes.values())) != 1:
-        raise SourceError(
-            f"the topics have different partition counts {sizes}: predictions and feedback must be co-partitioned "
-            f"(same count, both keyed by prediction id) so each id meets its feedback in one worker; "
-            f"recreate the smaller topic with {max(sizes.values())} partitions"
-        )
-
-
 def _chain(ours: Callable[..., None], theirs: Callable[..., None] | None) -> Callable[..., None]:
     if theirs is None:
         return ours
@@ -79,7 +70,7 @@ class _Throttled:
             log.log(level, text + " (#%d)", *args, n)
 
 
-class ConfluentKafkaSource:
+class ConfluentKafkaSource(CachedHealth):
     """:class:`~streammon.connectors.kafka.KafkaSource` on confluent-kafka: same topics, same checkpoints.
 
     ``**settings`` go to librdkafka's consumer configuration unchanged, with its dotted names:
@@ -167,7 +158,7 @@ class ConfluentKafkaSource:
         if missing:
             raise SourceError(f"topic(s) {', '.join(missing)} not found on the broker after {timeout:.0f} s; "
                               f"create them with the same number of partitions (keyed by prediction id)")
-        _co_partitioned(counts)
+        check_co_partitioned(counts)
         return [ck.TopicPartition(t, p) for t in self.topics for p in sorted(counts[t])]
 
     def _committed(self, timeout: float) -> dict[tuple[str, int], int]:
@@ -288,14 +279,6 @@ class ConfluentKafkaSource:
         except Exception:  # noqa: BLE001 - a health probe must not raise into the monitor loop
             log.debug("consumer lag probe failed", exc_info=True)
 
-    @property
-    def connected(self) -> bool:
-        """True while librdkafka holds a connection to a broker (its statistics, every second)."""
-        return self._connected
-
-    def lag(self) -> dict[tuple[str, int], int]:
-        """Messages behind the latest offset the broker reported, per partition (from fetch responses)."""
-        return dict(self._lag)
 
 
 class ConfluentKafkaDeadLetter:
@@ -331,14 +314,7 @@ class ConfluentKafkaDeadLetter:
         self._failures = _Throttled()
 
     def send(self, message: Message, reason: str) -> None:
-        value = message.value
-        if isinstance(value, str):
-            value = value.encode("utf-8", "surrogateescape")
-        elif value is not None and not isinstance(value, (bytes, bytearray)):
-            value = json.dumps(value, default=str).encode()
-        key = message.key.encode("utf-8", "surrogateescape") if isinstance(message.key, str) else message.key
-        headers = [("streammon.reason", reason.encode()),
-                   ("streammon.origin", f"{message.topic}/{message.partition}/{message.offset}".encode())]
+        key, value, headers = dead_letter_record(message, reason)
         produce = self._producer.produce
         try:
             try:
