@@ -265,8 +265,11 @@ class Engine:
         # Plain numbers become numeric arrays for vectorised operators; anything else (classes as
         # strings or booleans, None, maps) stays objects. Ints stay ints so classes keep their names.
         types = set(map(type, values))
-        if types == {int}:
-            return np.array(values, dtype=np.int64)
-        if types and types <= {int, float}:
-            return np.array(values, dtype=np.float64)
+        try:
+            if types == {int}:
+                return np.array(values, dtype=np.int64)
+            if types and types <= {int, float}:
+                return np.array(values, dtype=np.float64)
+        except OverflowError:  # numbers beyond what numpy holds stay Python objects
+            pass
         return _objects(values)

@@ -36,7 +36,9 @@ def _event_time(value: Any) -> Any:
 
 EventTime = Annotated[float, BeforeValidator(_event_time), Field(ge=0)]
 EventId = Annotated[str, Field(min_length=1, max_length=512)]
-Value = Union[bool, int, float, str]
+# Integers beyond 64 bits are JSON but no model's output: refused here rather than overflow later.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Value = Union[bool, Int64, float, str]
 # Strict: a score sent as a string or a boolean is a producer bug worth rejecting, not coercing.
 Score = Union[StrictFloat, dict[str, StrictFloat]]
 
@@ -104,7 +106,8 @@ _VALIDATORS = {kind: model.__pydantic_validator__ for kind, model in _MODELS.ite
 
 def _is_tag(part: object) -> bool:
     # pydantic names union members in the error path ('float', 'dict[str,float]'); they are not fields.
-    return isinstance(part, str) and (part in {"float", "int", "str", "bool", "none"} or "[" in part)
+    return isinstance(part, str) and (part in {"float", "int", "str", "bool", "none"} or "[" in part
+                                      or part.startswith(("constrained-", "function-")))
 
 
 def _reason(exc: ValidationError) -> str:
@@ -118,11 +121,14 @@ def _reason(exc: ValidationError) -> str:
     for errs in list(by_field.values())[:3]:
         depth = max(len(e["loc"]) for e in errs)
         deepest = [e for e in errs if len(e["loc"]) == depth]
-        best = next((e for e in deepest if e["type"] == "finite_number"), deepest[0])
+        # A member that got the right type but a bad value (not finite, out of range) says the most.
+        specific = next((e for e in deepest if not e["type"].endswith(("_type", "_parsing"))), None)
+        best = specific or deepest[0]
         path = ".".join(str(p) for p in best["loc"] if not _is_tag(p)) or "event"
         tags = [p for e in deepest for p in e["loc"][-1:] if _is_tag(p)]
-        if len(deepest) > 1 and best["type"] != "finite_number" and len(tags) == len(deepest):
-            parts.append(f"{path}: expected {' or '.join(t.split('[')[0] for t in tags)}, got {type(best['input']).__name__}")
+        if len(deepest) > 1 and specific is None and len(tags) == len(deepest):
+            names = (t.split("[")[0].removeprefix("constrained-") for t in tags)
+            parts.append(f"{path}: expected {' or '.join(names)}, got {type(best['input']).__name__}")
         else:
             parts.append(f"{path}: {best['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)

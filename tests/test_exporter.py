@@ -213,3 +213,21 @@ def test_an_operator_returning_non_numbers_publishes_nan_instead_of_breaking_the
     m.replay(make_events(5))
     parts = {s.labels["part"]: s.value for s in m.values() if s.name == "streammon_odd"}
     assert math.isnan(parts["a"]) and parts["b"] == 2
+
+
+def test_an_integer_beyond_64_bits_is_rejected_not_a_crash():
+    m = sm.Monitor("t", windows=[sm.Cumulative()])
+    m.track(ops.Accuracy())
+    huge = b'{"id": "a", "ts": 1, "prediction": 1' + b"0" * 400 + b"}"
+    m.replay([huge, b'{"id": "b", "ts": 1, "prediction": 1}', b'{"id": "b", "ts": 2, "label": 1}'])
+    assert m.value("accuracy") == 1.0
+    rejected = [s.value for s in m.values() if s.name == "streammon_events_total" and s.labels["outcome"] == "rejected"]
+    assert rejected == [1]
+    with pytest.raises(sm.EventError, match=r"^prediction: Input should be less than or equal to 9223372036854775807"):
+        sm.decode_event(huge)
+
+
+def test_numbers_numpy_cannot_hold_stay_objects_in_columns():
+    from streammon.engine import Engine
+    column = Engine._column([1, 2**64])
+    assert column.dtype == object and column.tolist() == [1, 2**64]
