@@ -6,23 +6,21 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
-from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import accuracy_score, mean_absolute_error
 
 from streammon.connectors.broker import EmbeddedBroker
 from tests.oracle import run_oracle
+from tests.worker_helpers import free_port, scrape, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
@@ -35,12 +33,6 @@ def broker():
         admin.create_topics([NewTopic("predictions", PARTITIONS, 1), NewTopic("feedback", PARTITIONS, 1)])
         admin.close()
         yield b
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_events(n_predictions: int, seed: int = 7) -> list[tuple[str, str, bytes]]:
@@ -70,30 +62,12 @@ def make_events(n_predictions: int, seed: int = 7) -> list[tuple[str, str, bytes
     return out
 
 
-def scrape(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
-
-
 def start_worker(broker, state_dir, port):
     return subprocess.Popen(
         [sys.executable, "-m", "streammon", "run", "tests/kafka_app.py:monitor", "--bootstrap-servers", broker.bootstrap_servers,
          "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.3", "--group", "recovery-test"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigkill_at_twenty_moments_loses_and_doubles_nothing(broker, tmp_path):
@@ -130,7 +104,7 @@ def test_sigkill_at_twenty_moments_loses_and_doubles_nothing(broker, tmp_path):
 
         def events_seen(s):
             return sum(v for (n, labels), v in s.items() if n == "streammon_events_total")
-        wait_until(lambda: events_seen(scrape(port)) >= expected_total, 120, "the worker to read every event")
+        wait_for(lambda: events_seen(scrape(port)) >= expected_total, 120, "the worker to read every event")
         time.sleep(1.0)  # anything counted twice would show up now
         got = scrape(port)
         assert events_seen(got) == expected_total
