@@ -115,6 +115,8 @@ def _reason(exc: ValidationError) -> str:
     complaint wins; when every member simply had the wrong type, the expected types are listed."""
     by_field: dict[str, list[dict]] = {}
     for err in exc.errors(include_url=False):
+        # Paths hold the sender's map keys: shortened and escaped, so a reason fits a Kafka header.
+        err["loc"] = tuple(_shown(p) for p in err["loc"])
         field = next((str(p) for p in err["loc"] if not _is_tag(p)), "event")
         by_field.setdefault(field, []).append(err)
     parts = []
@@ -134,11 +136,18 @@ def _reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _shown(part: object) -> object:
+    if not isinstance(part, str) or (len(part) <= 64 and part.isascii()):
+        return part
+    return part[:64].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _kind_of(obj: Mapping[str, Any]) -> str:
     kind = obj.get("kind")
     if kind is not None:
         if not isinstance(kind, str) or kind not in _MODELS:
-            raise EventError(f"kind: must be 'prediction' or 'feedback', got {str(kind)[:40]!r}")
+            shown = repr(kind[:40]) if isinstance(kind, str) else f"a {type(kind).__name__}"
+            raise EventError(f"kind: must be 'prediction' or 'feedback', got {shown}")
         return kind
     if "label" in obj:
         return "feedback"
@@ -172,12 +181,16 @@ def decode_event(
     except EventError as exc:
         exc.raw = raw
         raise
+    except Exception as exc:  # noqa: BLE001 - a hostile object (a raising __eq__, a broken Mapping) is bad input too
+        raise EventError(f"event could not be read: {type(exc).__name__}", raw=raw) from None
     if key is not None:
         if isinstance(key, bytes):
             try:
                 key = key.decode("utf-8")
             except UnicodeDecodeError:
                 raise EventError("message key is not valid UTF-8", raw=raw) from None
+        elif not isinstance(key, str):
+            raise EventError(f"message key must be bytes or text, got {type(key).__name__}", raw=raw)
         if key != event.id:
             raise EventError(f"message key {key[:64]!r} differs from id {event.id[:64]!r}", raw=raw)
     limit = (time.time() if now is None else now) + policy.max_future_seconds
@@ -200,7 +213,7 @@ def _validate(raw: Any, kind: str | None, policy: EventPolicy) -> Event:
     if isinstance(raw, (Prediction, Feedback)):
         if kind is not None and raw.kind != kind:
             raise EventError(f"a {raw.kind} event on the {kind} stream")
-        return raw
+        return _check_text(raw)
     if isinstance(raw, memoryview):
         raw = raw.tobytes()
     if isinstance(raw, (bytes, bytearray, str)):
@@ -221,5 +234,27 @@ def _validate(raw: Any, kind: str | None, policy: EventPolicy) -> Event:
             raise EventError(f"malformed JSON: {exc}") from None
     if not isinstance(raw, Mapping):
         raise EventError(f"event must be a JSON object, got {type(raw).__name__}")
-    model = _MODELS[kind or _kind_of(raw)]
-    return model.model_validate(raw)
+    return _check_text(_MODELS[kind or _kind_of(raw)].model_validate(raw))
+
+
+def _check_text(event: Event) -> Event:
+    """Refuse text that is not UTF-8 (lone surrogates), which JSON cannot carry: a dict or a model
+    built in Python can, and as a label value it would break every later scrape of /metrics."""
+    for name in type(event).model_fields:
+        if _not_utf8(getattr(event, name)):
+            raise EventError(f"{name}: text is not valid UTF-8 (a lone surrogate)")
+    return event
+
+
+def _not_utf8(value: Any) -> bool:
+    if isinstance(value, str):
+        if value.isascii():
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_not_utf8(k) or _not_utf8(v) for k, v in value.items())
+    return False

@@ -170,6 +170,8 @@ class _Panes(WindowState):
         self.panes: dict[int, dict[int, list]] = {}  # code -> pane -> [partial, count]
 
     def advance(self, stream_time: float) -> None:
+        if stream_time == -math.inf:  # no event accepted yet (a first batch of rejects): nothing to drop
+            return
         first = math.floor(stream_time / self.window.step) + 1 - self.window.panes
         if first <= self.first_pane:
             return
