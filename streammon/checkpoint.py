@@ -21,7 +21,7 @@ from .errors import StreamMonError
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["Checkpointer", "CheckpointError"]
+__all__ = ["Checkpointer", "CheckpointError", "write_atomically"]
 
 FORMAT = 1
 Offsets = Mapping[tuple[str, int], int]
@@ -65,24 +65,15 @@ def _signature(engine: "Engine") -> list[tuple]:
             for t, _ in engine.metrics] + [("segments", engine.keys.segments)]
 
 
-def dump_engine(engine: "Engine", offsets: Offsets) -> bytes:
-    state = {
-        "format": FORMAT,
-        "signature": _signature(engine),
-        "offsets": dict(offsets),
-        "store": engine.store,
-        "keys": engine.keys,
-        "health": dict(engine.health.__dict__),
-        "stream_time": engine.stream_time,
-        "windows": {t.name: [s.state() for s in states] for t, states in engine.metrics},
-    }
+def dumps(state: dict[str, Any], engine: "Engine") -> bytes:
+    """Pickle ``state``, saving the app's functions found in ``engine``'s metrics by name."""
     buffer = io.BytesIO()
     _Pickler(buffer, _user_functions(engine)).dump(state)
     return buffer.getvalue()
 
 
-def load_engine(engine: "Engine", data: bytes) -> dict[tuple[str, int], int]:
-    """Load a snapshot into ``engine`` (freshly built from the app); return the offsets to resume from."""
+def loads(data: bytes, engine: "Engine") -> dict[str, Any]:
+    """Unpickle what :func:`dumps` wrote, re-attaching the app's functions; check format and signature."""
     functions = {tracked.name: tracked.prototype.fn for tracked, _ in engine.metrics if getattr(tracked.prototype, "fn", None) is not None}
     state = _Unpickler(io.BytesIO(data), functions).load()
     if state.get("format") != FORMAT:
@@ -92,6 +83,27 @@ def load_engine(engine: "Engine", data: bytes) -> dict[tuple[str, int], int]:
             "the app's metrics differ from the ones in the snapshot (a metric, window or segment was added, removed "
             "or changed); keep the app as it was, or move the state directory away to start afresh"
         )
+    return state
+
+
+def dump_engine(engine: "Engine", offsets: Offsets, lineage: str | None = None) -> bytes:
+    state = {
+        "format": FORMAT,
+        "lineage": lineage,
+        "signature": _signature(engine),
+        "offsets": dict(offsets),
+        "store": engine.store,
+        "keys": engine.keys,
+        "health": dict(engine.health.__dict__),
+        "stream_time": engine.stream_time,
+        "windows": {t.name: [s.state() for s in states] for t, states in engine.metrics},
+    }
+    return dumps(state, engine)
+
+
+def load_engine(engine: "Engine", data: bytes) -> dict[str, Any]:
+    """Load a snapshot into ``engine`` (freshly built from the app); return the snapshot (``offsets``, ``lineage``)."""
+    state = loads(data, engine)
     engine.store = state["store"]
     engine.keys = state["keys"]
     engine.health.__dict__.update(state["health"])
@@ -99,36 +111,27 @@ def load_engine(engine: "Engine", data: bytes) -> dict[tuple[str, int], int]:
     for tracked, states in engine.metrics:
         for window_state, saved in zip(states, state["windows"][tracked.name]):
             window_state.load(saved)
-    return state["offsets"]
+    return state
 
 
 class Checkpointer:
-    """Snapshots in a local directory: ``snapshot.pkl``, replaced atomically by rename."""
+    """Snapshots in a local directory: ``<name>.pkl``, replaced atomically by rename."""
 
-    def __init__(self, directory: str | os.PathLike, *, interval: float = 5.0) -> None:
+    def __init__(self, directory: str | os.PathLike, *, interval: float = 5.0, name: str = "snapshot") -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / "snapshot.pkl"
+        self.path = self.directory / f"{name}.pkl"
         self.interval = interval
         self.last_saved: float | None = None  # wall clock of the last snapshot written or read
+        # Identifies one history of the state; a crash and restore keep it, starting afresh changes it.
+        self.lineage: str | None = None
 
     def due(self) -> bool:
         return self.last_saved is None or time.monotonic() - self._last_monotonic >= self.interval
 
     def save(self, engine: "Engine", offsets: Offsets) -> None:
-        data = dump_engine(engine, offsets)
-        tmp = self.path.with_suffix(".tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomically(self.path, dump_engine(engine, offsets, self.lineage), durable=True)
         except OSError as exc:
             raise CheckpointError(f"cannot write the snapshot in {self.directory}: {exc}") from exc
         self.last_saved = time.time()
@@ -142,7 +145,28 @@ class Checkpointer:
             return None
         except OSError as exc:
             raise CheckpointError(f"cannot read the snapshot {self.path}: {exc}") from exc
-        offsets = load_engine(engine, data)
+        state = load_engine(engine, data)
+        self.lineage = state.get("lineage")
         self.last_saved = self.path.stat().st_mtime
         self._last_monotonic = time.monotonic()
-        return offsets
+        return state["offsets"]
+
+
+def write_atomically(path: Path, data: bytes, *, durable: bool) -> None:
+    """Replace ``path`` with ``data`` by rename, so a reader sees the old file or the new one, never half.
+
+    ``durable`` also fsyncs the file and its directory, so the new file survives a power cut.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

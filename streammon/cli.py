@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .apps import AppLoadError, load_app
+from .cli_generate import UsageError, add_generate_commands
 from .errors import RegistrationError, SourceError, StreamMonError
 from .monitor import Monitor
 
@@ -26,8 +27,7 @@ __all__ = ["main", "load_app", "AppLoadError"]
 log = logging.getLogger("streammon")
 
 
-class _UsageError(Exception):
-    pass
+_UsageError = UsageError
 
 
 # -- reading results --------------------------------------------------------------------------
@@ -150,7 +150,50 @@ def _kafka_source(args: argparse.Namespace):
         from .connectors.kafka_confluent import ConfluentKafkaSource as Source
     else:
         from .connectors.kafka import KafkaSource as Source
-    return Source(args.bootstrap_servers, predictions_topic=topics[0], feedback_topic=topics[1], group_id=args.group or "streammon")
+    options: dict[str, Any] = dict(args.kafka_option)
+    if args.scale_out:
+        if args.kafka_client == "confluent":
+            raise _UsageError("--scale-out works with --kafka-client kafka-python (the default) in this release")
+        if not args.group or not args.state_dir:
+            raise _UsageError("--scale-out needs --group NAME (the workers' consumer group) and --state-dir DIR "
+                              "(a directory every worker of the group shares)")
+        options["scale_out"] = True
+    return Source(args.bootstrap_servers, predictions_topic=topics[0], feedback_topic=topics[1],
+                  group_id=args.group or "streammon", **options)
+
+
+def _kafka_option(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not (sep and key):
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. security_protocol=SSL")
+    value: Any = {"true": True, "false": False}.get(raw.lower(), raw)
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                value = kind(raw)
+                break
+            except ValueError:
+                pass
+    return key, value
+
+
+def _export(args: argparse.Namespace) -> int:
+    monitor = load_app(args.app)
+    if not Path(args.state_dir).is_dir():
+        raise _UsageError(f"--state-dir {args.state_dir} is not a directory: give the one the scaled-out workers share")
+    from .partials import require_mergeable
+    try:
+        require_mergeable(monitor.metrics)
+    except RegistrationError as exc:
+        raise _UsageError(str(exc)) from exc
+    server = _serve(monitor, args.metrics_port, args.metrics_host)
+    print(f"serving {server.url}", flush=True)
+    try:
+        with _stop_on_signals() as stop:
+            monitor.export(args.state_dir, refresh=args.refresh, until=stop.is_set)
+    finally:
+        monitor.close()
+    return 0
 
 
 @contextlib.contextmanager
@@ -224,45 +267,6 @@ def _produce(args: argparse.Namespace) -> int:
     return 130 if stop.is_set() else 1 if rejected else 0
 
 
-def _dashboard(args: argparse.Namespace) -> int:
-    from .dashboards import dashboard  # imported late, like every command's own module
-
-    _write(json.dumps(dashboard(load_app(args.app)), indent=2) + "\n", args.output)
-    return 0
-
-
-def _alerts(args: argparse.Namespace) -> int:
-    from .dashboards import alert_rules, to_yaml
-
-    monitor = load_app(args.app)
-    try:
-        rules = alert_rules(monitor, below=dict(args.below), above=dict(args.above), window=args.window,
-                            for_=args.for_, min_count=args.min_count)
-    except RegistrationError as exc:
-        raise _UsageError(str(exc)) from exc
-    _write(to_yaml(rules), args.output)
-    return 0
-
-
-def _threshold(text: str) -> tuple[str, float]:
-    name, sep, value = text.rpartition("=")
-    try:
-        if not (sep and name):
-            raise ValueError(text)
-        return name, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not METRIC=NUMBER, e.g. accuracy=0.8") from None
-
-
-def _write(text: str, path: str | None) -> None:
-    if path is None:
-        sys.stdout.write(text)
-        return
-    try:
-        Path(path).write_text(text)
-    except OSError as exc:
-        raise _UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
     """An event set by SIGINT or SIGTERM, so loops end cleanly (handlers restored afterwards)."""
@@ -310,7 +314,20 @@ def _parser() -> argparse.ArgumentParser:
                      help="Kafka client library (confluent needs pip install 'streammon[confluent]')")
     run.add_argument("--dead-letter-topic", default="streammon-dead-letter",
                      help="Kafka topic for rejected events (default streammon-dead-letter; --dead-letter FILE overrides)")
+    run.add_argument("--kafka-option", "-X", type=_kafka_option, action="append", default=[], metavar="KEY=VALUE",
+                     help="a setting passed to the Kafka client, e.g. security_protocol=SASL_SSL or "
+                     "session_timeout_ms=10000 (repeatable; the client's own names)")
+    run.add_argument("--scale-out", action="store_true", help="share the partitions with the other workers of "
+                     "--group (state per partition in --state-dir, which they share); serve metrics with streammon export")
     run.set_defaults(handler=_run)
+
+    export = commands.add_parser("export", help="serve the merged metrics of a scaled-out group of workers")
+    export.add_argument("app", metavar="APP", help="the Monitor the workers run: app.py:monitor or package.module:monitor")
+    export.add_argument("--state-dir", required=True, help="the directory the workers share")
+    export.add_argument("--refresh", type=float, default=0.5, help="seconds between reads of the partials (default 0.5)")
+    export.add_argument("--metrics-port", type=int, default=9108, help="port of /metrics (default 9108; 0 picks one)")
+    export.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
+    export.set_defaults(handler=_export)
 
     demo = commands.add_parser("demo", help="a simulated taxi-tip model with drift, served on /metrics")
     demo.add_argument("--port", type=int, default=9108, help="port of /metrics (default 9108; 0 picks one)")
@@ -340,22 +357,7 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--rate", type=float, metavar="EVENTS_PER_S", help="send at most this many events per second")
     produce.set_defaults(handler=_produce)
 
-    board = commands.add_parser("dashboard", help="print a Grafana dashboard (JSON) with a panel per metric of an app")
-    board.add_argument("app", metavar="APP", help="the Monitor: app.py:monitor or package.module:monitor")
-    board.add_argument("--output", metavar="FILE", help="write to this file instead of stdout")
-    board.set_defaults(handler=_dashboard)
-
-    alerts = commands.add_parser("alerts", help="print Prometheus alert rules (YAML) for thresholds on an app's metrics")
-    alerts.add_argument("app", metavar="APP", help="the Monitor: app.py:monitor or package.module:monitor")
-    alerts.add_argument("--below", type=_threshold, action="append", default=[], metavar="METRIC=NUMBER",
-                        help="alert while the metric is below NUMBER, e.g. accuracy=0.8 (repeatable; METRIC[key] for one class or quantile)")
-    alerts.add_argument("--above", type=_threshold, action="append", default=[], metavar="METRIC=NUMBER",
-                        help="alert while the metric is above NUMBER, e.g. log_loss=0.6 (repeatable)")
-    alerts.add_argument("--window", help="window label to watch (default: each metric's first sliding window)")
-    alerts.add_argument("--for", dest="for_", default="15m", metavar="DURATION", help="how long the condition must hold (default 15m)")
-    alerts.add_argument("--min-count", type=int, default=100, help="events the window must hold (default 100)")
-    alerts.add_argument("--output", metavar="FILE", help="write to this file instead of stdout")
-    alerts.set_defaults(handler=_alerts)
+    add_generate_commands(commands)
     return parser
 
 

@@ -42,8 +42,34 @@ class MonitorCollector:
 
     def collect(self) -> Iterator[Metric]:
         with self.monitor._lock:
+            worker = self.monitor._worker
+            if worker is not None:
+                # A scaled-out worker holds only some partitions: metrics come from the exporter.
+                yield from self._worker_families(worker)
+                return
             yield from self._metric_families()
             yield from self._self_families()
+            if self.monitor._exporter is not None:
+                yield from self._exporter_families(self.monitor._exporter)
+
+    def _worker_families(self, worker) -> Iterator[Metric]:
+        mon = [self.monitor.name]
+        owned = GaugeMetricFamily(PREFIX + "worker_partitions", "Input partitions this worker owns (scaled out)", labels=["monitor"])
+        owned.add_metric(mon, len(worker.partitions))
+        yield owned
+        if worker.last_saved is not None:
+            age = GaugeMetricFamily(PREFIX + "checkpoint_age_seconds", "Seconds since the last checkpoint", labels=["monitor"])
+            age.add_metric(mon, max(0.0, time.time() - worker.last_saved))
+            yield age
+        yield self._processing_histogram(worker.health)
+        yield from self._source_families()
+
+    def _exporter_families(self, exporter) -> Iterator[Metric]:
+        age = GaugeMetricFamily(PREFIX + "partials_age_seconds", "Seconds since each partition's partial aggregates were "
+                                "written by its worker (scaled out)", labels=["monitor", "partition"])
+        for partition, seconds in sorted(exporter.ages().items()):
+            age.add_metric([self.monitor.name, str(partition)], seconds)
+        yield age
 
     def _metric_families(self) -> Iterator[Metric]:
         m = self.monitor
@@ -124,7 +150,8 @@ class MonitorCollector:
         stream_time = GaugeMetricFamily(PREFIX + "stream_time_seconds", "Largest event time seen (the watermark)", labels=["monitor"])
         stream_time.add_metric(mon, engine.stream_time if math.isfinite(engine.stream_time) else math.nan)
         yield stream_time
-        yield self._processing_histogram(health)
+        if m._exporter is None:  # batches are timed by each worker, on its own /metrics
+            yield self._processing_histogram(health)
         yield from self._source_families()
 
     def _source_families(self) -> Iterator[Metric]:

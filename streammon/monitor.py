@@ -73,9 +73,7 @@ class Monitor:
         self.name = name
         self.dead_letter = dead_letter
         self._policy = EventPolicy(max_event_bytes=s.max_event_bytes, max_future_seconds=s.max_future_seconds)
-        store = MemoryJoinStore(feedback_ttl=s.feedback_ttl, prediction_ttl=s.prediction_ttl,
-                                max_pending=s.max_pending, remember_joined=s.remember_joined)
-        self._engine = Engine(store, SeriesKeys(s.segments, s.max_segment_values))
+        self._engine = self._new_engine(())
         self._lock = threading.RLock()
         self._rejected_logged = 0
         self.registry = CollectorRegistry(auto_describe=False)
@@ -84,6 +82,19 @@ class Monitor:
         self._stop = threading.Event()
         self._source: Source | None = None  # while run() consumes it: its lag and connection are published
         self._checkpointer: Checkpointer | None = None
+        # Scale-out: a worker holding some partitions, or an exporter merging every partition's partials.
+        self._worker: Any = None
+        self._exporter: Any = None
+
+    def _new_engine(self, metrics: Iterable[Tracked]) -> Engine:
+        """An engine with empty state for ``metrics`` (scaled out, each partition has its own)."""
+        s = self.settings
+        store = MemoryJoinStore(feedback_ttl=s.feedback_ttl, prediction_ttl=s.prediction_ttl,
+                                max_pending=s.max_pending, remember_joined=s.remember_joined)
+        engine = Engine(store, SeriesKeys(s.segments, s.max_segment_values))
+        for tracked in metrics:
+            engine.add_metric(tracked)
+        return engine
 
     # -- registration -----------------------------------------------------------------------
     @property
@@ -140,6 +151,9 @@ class Monitor:
 
     def process(self, messages: Sequence[Message]) -> None:
         """Decode, validate and apply one batch; rejected events go to the dead-letter sink."""
+        self._process_into(self._engine, messages)
+
+    def _process_into(self, engine: Engine, messages: Sequence[Message]) -> None:
         events = []
         policy = self._policy
         now = time.time()
@@ -152,11 +166,11 @@ class Monitor:
         # The sink is written outside the lock, so a slow dead-letter topic never holds up a scrape.
         sent = self._dead_letter(rejected) if rejected else 0
         with self._lock:
-            health = self._engine.health
+            health = engine.health
             for msg, _ in rejected:
                 health.events[(_TOPIC[msg.kind] if msg.kind else self._guess_topic(msg), "rejected")] += 1
             health.dead_letters += sent
-            self._engine.apply(events)
+            engine.apply(events)
 
     def _dead_letter(self, rejected: list[tuple[Message, str]]) -> int:
         sent = 0
@@ -185,20 +199,29 @@ class Monitor:
         return "unknown"
 
     def run(self, source: Source, *, state_dir: str | None = None, checkpoint_interval: float = 5.0,
-            max_records: int | None = None, poll_timeout: float = 0.5, until: Callable[[], bool] | None = None) -> None:
+            max_records: int | None = None, poll_timeout: float = 0.5, until: Callable[[], bool] | None = None,
+            publish_interval: float = 1.0) -> None:
         """Consume ``source`` until it is exhausted, ``until()`` is true, or :meth:`stop` is called.
 
         With ``state_dir``, state and offsets are checkpointed together every ``checkpoint_interval``
         seconds (and at a clean stop), and a restart resumes from the last checkpoint: a worker killed
         at any moment counts every event exactly once (see docs/kafka.md).
+
+        A source shared by a group of workers (``KafkaSource(..., scale_out=True)``) keeps state per
+        partition in ``state_dir`` (which every worker must share) and writes each partition's
+        partial aggregates there every ``publish_interval`` seconds; :meth:`export` serves their merge.
         """
         size = max_records or self.settings.batch_size
+        if getattr(source, "scale_out", False):
+            from .partitions import run_partitioned
+            return run_partitioned(self, source, state_dir=state_dir, checkpoint_interval=checkpoint_interval,
+                                   publish_interval=publish_interval, max_records=size, poll_timeout=poll_timeout, until=until)
         checkpointer = Checkpointer(state_dir, interval=checkpoint_interval) if state_dir else None
         offsets: dict[tuple[str, int], int] = {}
         if checkpointer is not None:
             with self._lock:
                 restored = checkpointer.restore(self._engine)
-                self._apply_settings_to_restored_state()
+                self._apply_settings_to_restored_state(self._engine)
             if restored is not None:
                 offsets.update(restored)
                 log.info("resumed from the checkpoint in %s (%d partitions)", state_dir, len(offsets))
@@ -238,14 +261,30 @@ class Monitor:
                 checkpointer.save(self._engine, offsets)
         source.commit(dict(offsets))
 
-    def _apply_settings_to_restored_state(self) -> None:
+    def _apply_settings_to_restored_state(self, engine: Engine) -> None:
         # A snapshot carries the store's settings of its day; the app's current settings win.
-        s, store = self.settings, self._engine.store
+        s, store = self.settings, engine.store
         store.feedback_ttl, store.prediction_ttl, store.max_pending = s.feedback_ttl, s.prediction_ttl, s.max_pending
-        self._engine.keys.max_values = s.max_segment_values
+        engine.keys.max_values = s.max_segment_values
 
     def stop(self) -> None:
         self._stop.set()
+
+    def export(self, state_dir: str, *, refresh: float = 0.5, until: Callable[[], bool] | None = None) -> None:
+        """Serve the global metrics of a scaled-out group: merge the partial aggregates every worker
+        writes to ``state_dir`` for its partitions, every ``refresh`` seconds, until :meth:`stop`.
+
+        Run it in its own process with the same app (``streammon export``), and point Prometheus at it.
+        """
+        from .partials import PartialsExporter
+        exporter = PartialsExporter(self, state_dir)
+        self._exporter = exporter
+        try:
+            while not self._stop.is_set() and not (until and until()):
+                exporter.refresh()
+                self._stop.wait(refresh)
+        finally:
+            self._stop.clear()
 
     # -- reading ----------------------------------------------------------------------------
     def values(self) -> list[Sample]:

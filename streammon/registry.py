@@ -22,6 +22,7 @@ RESERVED_NAMES = {
     "events_total", "join_pending", "joined_total", "join_expired_total", "join_evicted_total",
     "duplicates_total", "late_events_total", "operator_errors_total", "processing_seconds",
     "segment_overflow_total", "stream_time_seconds", "dead_letters_total", "info",
+    "checkpoint_age_seconds", "source_connected", "consumer_lag", "worker_partitions", "partials_age_seconds",
 }
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Mapping, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Message", "Source", "DeadLetterSink"]
+__all__ = ["Message", "Source", "DeadLetterSink", "RebalanceListener"]
 
 Kind = Literal["prediction", "feedback"]
 
@@ -48,3 +48,18 @@ class DeadLetterSink(Protocol):
     """Where rejected events go, with the reason (Kafka: a dead-letter topic, reason in a header)."""
 
     def send(self, message: Message, reason: str) -> None: ...
+
+
+@runtime_checkable
+class RebalanceListener(Protocol):
+    """Told by a source shared by a group of workers which partition numbers this worker owns.
+
+    A partition number ``i`` stands for partition ``i`` of both topics (they are co-partitioned).
+    ``assigned`` returns where to resume each input partition (from its checkpoint); the source
+    starts the others from the beginning. ``revoked`` is called before another worker may take
+    the partitions over, so their state can be checkpointed first.
+    """
+
+    def assigned(self, partitions: list[int]) -> Mapping[tuple[str, int], int]: ...
+
+    def revoked(self, partitions: list[int]) -> None: ...

@@ -17,7 +17,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from ..errors import SourceError
-from .base import Message
+from .base import Message, RebalanceListener
+from .kafka_group import CoPartitionAssignor, RebalanceBridge
 
 __all__ = ["KafkaSource", "KafkaDeadLetter"]
 
@@ -67,9 +68,11 @@ class CachedHealth:
 class KafkaSource(CachedHealth):
     """Consumes both topics; partition ``i`` of predictions and of feedback go to the same worker.
 
-    This release runs one worker per pair of topics: it is assigned every partition (no group
-    rebalancing yet), and refuses topics whose partition counts differ, because ids are joined
-    only within a partition number.
+    By default one worker is assigned every partition. With ``scale_out=True`` the source joins
+    the consumer group ``group_id`` and shares the partitions with the other workers of the group,
+    partition ``i`` of both topics always together (:class:`CoPartitionAssignor`); the monitor
+    then keeps state per partition (see docs/kafka.md). Topics whose partition counts differ are
+    refused in both modes, because ids are joined only within a partition number.
 
     Use::
 
@@ -79,8 +82,9 @@ class KafkaSource(CachedHealth):
 
     def __init__(self, bootstrap_servers: str | list[str], *, predictions_topic: str = "predictions",
                  feedback_topic: str = "feedback", group_id: str = "streammon", metadata_timeout: float = 30.0,
-                 **kafka_settings: Any) -> None:
+                 scale_out: bool = False, **kafka_settings: Any) -> None:
         self.topics = {predictions_topic: "prediction", feedback_topic: "feedback"}
+        self.scale_out = scale_out
         settings = dict(
             bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20, fetch_max_bytes=64 << 20,
@@ -88,13 +92,16 @@ class KafkaSource(CachedHealth):
             # on a quiet topic, for about ten empty fetches a second when idle.
             fetch_max_wait_ms=100,
         )
+        if scale_out:
+            settings["partition_assignment_strategy"] = [CoPartitionAssignor()]
         settings.update(kafka_settings)
         try:
             self._consumer = KafkaConsumer(**settings)
         except KafkaError as exc:
             raise SourceError(f"cannot connect to Kafka at {bootstrap_servers}: {exc}") from exc
         self._partitions = self._wait_for_partitions(metadata_timeout)
-        self._consumer.assign(self._partitions)
+        if not scale_out:
+            self._consumer.assign(self._partitions)
         self._connected = True
         self._lag: dict[tuple[str, int], int] = {}
 
@@ -128,6 +135,12 @@ class KafkaSource(CachedHealth):
                 batch.append(Message(r.value, kind=kind, key=r.key, topic=tp.topic, partition=tp.partition, offset=r.offset))
         return batch
 
+    def listen(self, listener: RebalanceListener) -> None:
+        """Join the consumer group (``scale_out=True`` only); ``listener`` hears of every assignment change."""
+        if not self.scale_out:
+            raise SourceError("listen() needs KafkaSource(..., scale_out=True): without it this worker reads every partition")
+        self._consumer.subscribe(list(self.topics), listener=RebalanceBridge(self._consumer, self.topics, listener))
+
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Resume at ``{(topic, partition): next offset}`` (from a checkpoint); others start from the beginning."""
         for tp in self._partitions:
@@ -160,7 +173,7 @@ class KafkaSource(CachedHealth):
             count = self._consumer.metrics().get("consumer-metrics", {}).get("connection-count", 0)
             self._connected = count > 0
             lag = {}
-            for tp in self._partitions:
+            for tp in self._consumer.assignment() if self.scale_out else self._partitions:
                 high = self._consumer.highwater(tp)
                 if high is not None:
                     lag[(tp.topic, tp.partition)] = max(0, high - self._consumer.position(tp))

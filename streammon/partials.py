@@ -1,0 +1,197 @@
+"""Partial aggregates of one input partition, and their merge into the global view.
+
+Scaled out, each worker writes, for every partition it owns, a small file: each metric's per-series,
+per-pane partial operators (never events), the partition's counters and its stream time. The
+exporter keeps the newest partial of every partition and merges them: panes still inside the
+window at the global stream time (the largest of all partitions) are merged per series, so the
+result equals what one worker reading every partition would publish for the same windows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from .checkpoint import CheckpointError, _signature, dumps, loads, write_atomically
+from .engine import Engine, Health, SeriesKeys
+from .errors import RegistrationError
+from .join import JoinCounts
+from .operators.base import fresh_copy
+from .panes import CumulativeState, WindowState
+from .windows import Sliding
+
+if TYPE_CHECKING:
+    from .monitor import Monitor
+    from .registry import Tracked
+
+__all__ = ["PartialsExporter", "require_mergeable", "dump_partials", "merge_partials"]
+
+log = logging.getLogger("streammon")
+PARTIALS = "partials-{}.pkl"
+
+
+def require_mergeable(metrics: list["Tracked"]) -> None:
+    """Refuse, with the fix, metrics whose per-partition results cannot be combined."""
+    bad = [t for t in metrics if not t.caps.merge]
+    if bad:
+        names = ", ".join(f"{t.name!r} ({type(getattr(t.prototype, 'stat', t.prototype)).__name__})" for t in bad)
+        raise RegistrationError(
+            f"scaled out, every metric must merge partial results from several partitions, and {names} cannot "
+            f"(no merge(other)); use a mergeable operator (the built-ins in streammon.operators all are, e.g. "
+            f"ops.Accuracy() for river.metrics.Accuracy()), add merge() to your operator, or run a single worker "
+            f"without scale-out"
+        )
+
+
+def _window_partials(state: WindowState) -> dict[int, list[tuple[int, Any, int]]]:
+    """{series code: [(pane, partial operator, count), ...]}; pane 0 for a cumulative window."""
+    if isinstance(state, CumulativeState):
+        return {code: [(0, op, state.counts[code])] for code, op in state.ops.items()}
+    return {code: [(pane, entry[0], entry[1]) for pane, entry in panes.items()] for code, panes in state.panes.items()}
+
+
+def dump_partials(engine: Engine, *, partition: int, offsets: Mapping[tuple[str, int], int], lineage: str) -> bytes:
+    store = engine.store
+    state = {
+        "format": 1,
+        "signature": _signature(engine),
+        "partition": partition,
+        "lineage": lineage,
+        # Offsets only grow along one lineage, so their sum orders a partition's partials.
+        "version": sum(offsets.values()),
+        "written": time.time(),
+        "stream_time": engine.stream_time,
+        "labels": list(engine.keys.labels),
+        "overflow": dict(engine.keys.overflow),
+        "health": dict(engine.health.__dict__),
+        "pending": (store.pending_predictions, store.pending_feedback),
+        "counts": store.counts,
+        "windows": {t.name: [_window_partials(s) for s in states] for t, states in engine.metrics},
+    }
+    return dumps(state, engine)
+
+
+@dataclass
+class _MergedStore:
+    pending_predictions: int = 0
+    pending_feedback: int = 0
+    counts: JoinCounts = field(default_factory=JoinCounts)
+
+
+class _MergedState(WindowState):
+    def __init__(self, window: Any, prototype: Any, merged: dict[int, list]) -> None:
+        super().__init__(window, prototype, None, None)
+        self.merged = merged
+
+    def series(self) -> Iterator[tuple[int, int, Any]]:
+        for code, (op, count) in self.merged.items():
+            yield code, count, op
+
+
+def _add_health(total: Health, part: Mapping[str, Any]) -> None:
+    for name in ("events", "late", "operator_errors"):
+        target = getattr(total, name)
+        for key, n in part[name].items():
+            target[key] += n
+    total.dead_letters += part["dead_letters"]
+    total.batch_buckets = [a + b for a, b in zip(total.batch_buckets, part["batch_buckets"])]
+    total.batch_seconds += part["batch_seconds"]
+
+
+def merge_partials(monitor: "Monitor", partials: list[dict[str, Any]]) -> Engine:
+    """The global view: an engine whose window states hold the merge of every partition's panes."""
+    s = monitor.settings
+    keys = SeriesKeys(s.segments, s.max_segment_values)
+    store = _MergedStore()
+    view = Engine(store, keys)  # type: ignore[arg-type]
+    view.stream_time = max((p["stream_time"] for p in partials), default=-math.inf)
+    overflow: dict[str, int] = defaultdict(int)
+    for part in partials:
+        _add_health(view.health, part["health"])
+        store.pending_predictions += part["pending"][0]
+        store.pending_feedback += part["pending"][1]
+        for name, n in vars(part["counts"]).items():
+            setattr(store.counts, name, getattr(store.counts, name) + n)
+        for label, n in part["overflow"].items():
+            overflow[label] += n
+    # Each partition numbers its series itself: they meet by their labels.
+    remaps = [[keys.code(labels[0], dict(zip(s.segments, labels[1:]))) for labels in part["labels"]] for part in partials]
+    for tracked, _ in monitor._engine.metrics:
+        states = []
+        for i, window in enumerate(tracked.windows):
+            first = (math.floor(view.stream_time / window.step) + 1 - window.panes) if isinstance(window, Sliding) else None
+            merged: dict[int, list] = {}
+            for part, remap in zip(partials, remaps):
+                for code, entries in part["windows"][tracked.name][i].items():
+                    slot = merged.get(remap[code])
+                    if slot is None:
+                        slot = merged[remap[code]] = [fresh_copy(tracked.prototype), 0]
+                    for pane, op, count in entries:
+                        if first is None or pane >= first:
+                            slot[0].merge(op)
+                            slot[1] += count
+            states.append(_MergedState(window, tracked.prototype, merged))
+        view.metrics.append((tracked, states))
+    keys.overflow = overflow
+    return view
+
+
+class PartialsExporter:
+    """Reads the partials files in a state directory and swaps the merged view into the monitor."""
+
+    def __init__(self, monitor: "Monitor", state_dir: str) -> None:
+        require_mergeable(monitor.metrics)
+        self.monitor = monitor
+        self.directory = Path(state_dir)
+        self.latest: dict[int, dict[str, Any]] = {}  # partition -> newest partial accepted
+        self._seen: dict[Path, tuple[int, int]] = {}  # file -> (mtime_ns, size) last read
+        self._refused: set[tuple[Path, int]] = set()
+
+    def refresh(self) -> bool:
+        """Read what changed; rebuild the view if any partition moved on. True when it did."""
+        changed = False
+        for path in sorted(self.directory.glob(PARTIALS.format("*"))):
+            try:
+                stat = path.stat()
+                if self._seen.get(path) == (stat.st_mtime_ns, stat.st_size):
+                    continue
+                self._seen[path] = (stat.st_mtime_ns, stat.st_size)
+                part = loads(path.read_bytes(), self.monitor._engine)
+            except FileNotFoundError:
+                continue
+            except (CheckpointError, OSError, EOFError, ValueError) as exc:
+                if (path, stat.st_mtime_ns) not in self._refused:
+                    self._refused.add((path, stat.st_mtime_ns))
+                    log.error("cannot use %s (%s); keeping this partition's previous partial", path, exc)
+                continue
+            if self._accept(part):
+                changed = True
+        if changed:
+            view = merge_partials(self.monitor, [self.latest[p] for p in sorted(self.latest)])
+            with self.monitor._lock:
+                self.monitor._engine = view
+        return changed
+
+    def _accept(self, part: dict[str, Any]) -> bool:
+        # A worker restored from an older checkpoint re-writes partials behind ones already seen;
+        # those wait until it catches up. A new lineage (state started afresh) replaces at once.
+        held = self.latest.get(part["partition"])
+        if held is not None and held["lineage"] == part["lineage"] and part["version"] < held["version"]:
+            return False
+        self.latest[part["partition"]] = part
+        return True
+
+    def ages(self) -> dict[int, float]:
+        """Seconds since each partition's newest partial was written."""
+        now = time.time()
+        return {p: max(0.0, now - part["written"]) for p, part in self.latest.items()}
+
+
+def write_partials(directory: Path, partition: int, data: bytes) -> None:
+    # Partials can be rebuilt from the checkpoint, so they skip the fsync that checkpoints pay for.
+    write_atomically(directory / PARTIALS.format(partition), data, durable=False)

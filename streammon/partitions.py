@@ -1,0 +1,174 @@
+"""Scale-out worker: one engine per input partition it owns, handed over with its checkpoint.
+
+A partition number ``i`` stands for partition ``i`` of both topics. Each has its own join store,
+window partials, counters, stream time and offsets, checkpointed together to
+``<state_dir>/partition-<i>.pkl``. When the group takes a partition away, the worker checkpoints it
+before letting go; the worker that gets it restores that checkpoint and seeks to its offsets. Every
+``publish_interval`` the worker writes each partition's partial aggregates
+(``partials-<i>.pkl``), which ``Monitor.export`` merges into the global metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from .checkpoint import Checkpointer, CheckpointError
+from .connectors.base import Message
+from .engine import Engine, Health
+from .partials import dump_partials, require_mergeable, write_partials
+
+if TYPE_CHECKING:
+    from .monitor import Monitor
+
+__all__ = ["PartitionWorker", "run_partitioned"]
+
+log = logging.getLogger("streammon")
+
+
+@dataclass
+class Partition:
+    number: int
+    engine: Engine
+    checkpointer: Checkpointer
+    lineage: str
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    unsaved: bool = False
+    unpublished: bool = True
+
+
+class PartitionWorker:
+    """The partitions this worker owns, as the consumer group assigns and revokes them."""
+
+    def __init__(self, monitor: "Monitor", source: Any, state_dir: str, *, checkpoint_interval: float) -> None:
+        self.monitor = monitor
+        self.source = source
+        self.directory = Path(state_dir)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if (self.directory / "snapshot.pkl").exists():
+            raise CheckpointError(f"{state_dir} holds a single worker's snapshot; a scaled-out group keeps state per "
+                                  f"partition: give it another --state-dir, or run without scale-out")
+        self.checkpoint_interval = checkpoint_interval
+        self.partitions: dict[int, Partition] = {}
+        self.health = Health()  # this process's batches, for its own /metrics
+        self.last_saved: float | None = None
+
+    # -- the RebalanceListener protocol ---------------------------------------------------------
+    def assigned(self, numbers: list[int]) -> dict[tuple[str, int], int]:
+        offsets: dict[tuple[str, int], int] = {}
+        for number in numbers:
+            partition = self.partitions.get(number) or self._open(number)
+            offsets.update(partition.offsets)
+        log.info("assigned partitions %s (now %s)", numbers, sorted(self.partitions))
+        return offsets
+
+    def revoked(self, numbers: list[int]) -> None:
+        self.checkpoint([n for n in numbers if n in self.partitions])
+        with self.monitor._lock:
+            for number in numbers:
+                self.partitions.pop(number, None)
+        log.info("revoked partitions %s (now %s)", numbers, sorted(self.partitions))
+
+    def lost(self, numbers: list[int]) -> None:
+        # Evicted from the group: the new owner resumes from the last checkpoint, which this worker
+        # must not overwrite now. What it processed since then is read again by the new owner.
+        with self.monitor._lock:
+            for number in numbers:
+                self.partitions.pop(number, None)
+        log.warning("lost partitions %s to the group (evicted); their state since the last checkpoint is dropped", numbers)
+
+    def _open(self, number: int) -> Partition:
+        engine = self.monitor._new_engine(self.monitor.metrics)
+        checkpointer = Checkpointer(self.directory, interval=self.checkpoint_interval, name=f"partition-{number}")
+        with self.monitor._lock:
+            offsets = checkpointer.restore(engine)
+            self.monitor._apply_settings_to_restored_state(engine)
+        if checkpointer.lineage is None:
+            checkpointer.lineage = uuid.uuid4().hex
+        partition = Partition(number, engine, checkpointer, checkpointer.lineage, dict(offsets or {}))
+        self.partitions[number] = partition
+        return partition
+
+    # -- work -----------------------------------------------------------------------------------
+    def process(self, batch: Sequence[Message]) -> None:
+        started = time.perf_counter()
+        by_partition: dict[int, list[Message]] = defaultdict(list)
+        for msg in batch:
+            by_partition[msg.partition].append(msg)
+        for number, messages in by_partition.items():
+            partition = self.partitions.get(number)
+            if partition is None:  # revoked within this poll; its new owner reads these messages
+                continue
+            self.monitor._process_into(partition.engine, messages)
+            offsets = partition.offsets
+            for msg in messages:
+                offsets[(msg.topic, msg.partition)] = msg.offset + 1
+            partition.unsaved = partition.unpublished = True
+        self.health.observe_batch(time.perf_counter() - started)
+
+    def checkpoint(self, numbers: Sequence[int] | None = None) -> None:
+        """Save the partitions' state with their offsets, publish their partials, then commit the offsets."""
+        chosen = [self.partitions[n] for n in (sorted(self.partitions) if numbers is None else numbers)]
+        chosen = [p for p in chosen if p.unsaved]
+        if not chosen:
+            return
+        # Rejected events must be in the dead-letter sink before the offsets move past them.
+        flush = getattr(self.monitor.dead_letter, "flush", None)
+        if callable(flush):
+            flush()
+        offsets: dict[tuple[str, int], int] = {}
+        for partition in chosen:
+            with self.monitor._lock:
+                partition.checkpointer.save(partition.engine, partition.offsets)
+            partition.unsaved = False
+            offsets.update(partition.offsets)
+        self.publish(chosen)
+        self.last_saved = time.time()
+        self.source.commit(offsets)
+
+    def publish(self, partitions: Sequence[Partition] | None = None) -> None:
+        for partition in partitions if partitions is not None else list(self.partitions.values()):
+            if not partition.unpublished:
+                continue
+            with self.monitor._lock:
+                data = dump_partials(partition.engine, partition=partition.number, offsets=partition.offsets,
+                                     lineage=partition.lineage)
+            write_partials(self.directory, partition.number, data)
+            partition.unpublished = False
+
+
+def run_partitioned(monitor: "Monitor", source: Any, *, state_dir: str | None, checkpoint_interval: float,
+                    publish_interval: float, max_records: int, poll_timeout: float,
+                    until: Callable[[], bool] | None) -> None:
+    """The consume loop of one worker in a scaled-out group (see :meth:`Monitor.run`)."""
+    if not state_dir:
+        raise CheckpointError("a scaled-out worker needs a state directory shared by the group (--state-dir): "
+                              "partitions move between workers with their checkpoints")
+    require_mergeable(monitor.metrics)
+    worker = PartitionWorker(monitor, source, state_dir, checkpoint_interval=checkpoint_interval)
+    monitor._worker, monitor._source = worker, source
+    source.listen(worker)
+    last_checkpoint = last_publish = time.monotonic()
+    try:
+        while not monitor._stop.is_set() and not (until and until()):
+            batch = source.poll(max_records, poll_timeout)
+            if batch:
+                worker.process(batch)
+            now = time.monotonic()
+            if now - last_checkpoint >= checkpoint_interval:
+                worker.checkpoint()
+                last_checkpoint = last_publish = now
+            elif now - last_publish >= publish_interval:
+                worker.publish()
+                last_publish = now
+        worker.checkpoint()
+    finally:
+        monitor._stop.clear()
+        monitor._source = None
+        source.close()
+

@@ -1,0 +1,186 @@
+"""Scale-out on a real broker: workers join and leave a group mid-stream; the merged metrics stay exact."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+from sklearn.metrics import accuracy_score, mean_absolute_error
+
+from streammon import EventError, decode_event
+from streammon.apps import load_app
+from streammon.connectors import Message
+from streammon.connectors.broker import EmbeddedBroker
+from tests.oracle import run_oracle
+from tests.test_kafka_recovery import make_events
+from tests.worker_helpers import free_port, scrape, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTITIONS = 4
+APP = "tests/kafka_app.py:monitor"
+# tansu completes a rebalance in session_timeout / 2 (design section 10): keep it short here.
+_KIND = {"predictions": "prediction", "feedback": "feedback"}
+FAST_GROUP = ["-X", "session_timeout_ms=2000", "-X", "heartbeat_interval_ms=500"]
+
+
+@pytest.fixture(scope="module")
+def broker():
+    with EmbeddedBroker() as b:
+        admin = KafkaAdminClient(bootstrap_servers=b.bootstrap_servers)
+        admin.create_topics([NewTopic("predictions", PARTITIONS, 1), NewTopic("feedback", PARTITIONS, 1)])
+        admin.close()
+        yield b
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "streammon", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def start_worker(broker, state_dir, port) -> subprocess.Popen:
+    return _spawn(["run", APP, "--bootstrap-servers", broker.bootstrap_servers, "--group", "scaleout-test", "--scale-out",
+                   "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.5", *FAST_GROUP])
+
+
+def stop(process: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def owned(port: int) -> dict[str, set[int]]:
+    """Topic -> partitions a worker reads, from its consumer-lag series."""
+    found: dict[str, set[int]] = {"predictions": set(), "feedback": set()}
+    for (name, labels), _ in scrape(port).items():
+        if name == "streammon_consumer_lag":
+            labels = dict(labels)
+            found[labels["topic"]].add(int(labels["partition"]))
+    return found
+
+
+def test_workers_join_and_leave_mid_stream_and_the_merged_metrics_stay_exact(broker, tmp_path):
+    events = make_events(25_000, seed=11)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, compression_type="gzip", linger_ms=20)
+    done = threading.Event()
+
+    def produce():
+        for i in range(0, len(events), 1500):  # ~ 15 s, so the group changes while events flow
+            for topic, key, value in events[i:i + 1500]:
+                producer.send(topic, key=key.encode(), value=value)
+            producer.flush()
+            time.sleep(0.4)
+        done.set()
+
+    export_port = free_port()
+    exporter = _spawn(["export", APP, "--state-dir", str(tmp_path), "--metrics-port", str(export_port), "--refresh", "0.2"])
+    ports = [free_port() for _ in range(3)]
+    workers: list[subprocess.Popen] = []
+    try:
+        threading.Thread(target=produce, daemon=True).start()
+        workers.append(start_worker(broker, tmp_path, ports[0]))
+        wait_for(lambda: owned(ports[0])["predictions"] == set(range(PARTITIONS)), 30, "the first worker to own every partition")
+        time.sleep(2)
+        workers.append(start_worker(broker, tmp_path, ports[1]))
+        time.sleep(3)
+        workers.append(start_worker(broker, tmp_path, ports[2]))
+
+        def spread():  # three workers share the four partitions, partition i of both topics together
+            seen = [owned(p) for p in ports]
+            return (all(s["predictions"] == s["feedback"] and s["predictions"] for s in seen)
+                    and sorted(p for s in seen for p in s["predictions"]) == list(range(PARTITIONS)))
+        wait_for(spread, 30, "the group to spread the partitions over three workers")
+        assert not done.is_set(), "the stream ended before the group changed: the test proves nothing"
+        stop(workers[0])  # leaves mid-stream: its partitions move, with their checkpoints
+        assert workers[0].returncode == 0, workers[0].stderr.read().decode()[-2000:]
+        wait_for(lambda: sorted(p for port in ports[1:] for p in owned(port)["predictions"]) == list(range(PARTITIONS)),
+                 30, "the two remaining workers to take over")
+        assert done.wait(120), "producer did not finish"
+
+        def events_seen():
+            return sum(v for (n, _), v in scrape(export_port).items() if n == "streammon_events_total")
+        wait_for(lambda: events_seen() >= len(events), 120, "the exporter to count every event")
+        time.sleep(1.5)  # anything counted twice would show up now
+        got = scrape(export_port)
+        assert events_seen() == len(events)
+        for w in workers[1:]:
+            assert w.poll() is None, w.stderr.read().decode()[-2000:]
+    finally:
+        for w in workers:
+            stop(w)
+        stop(exporter)
+        producer.close()
+
+    # The same events through one in-process monitor (one stream time) and through the oracle.
+    single = load_app(APP)
+    single.replay([Message(value, kind=_KIND[topic], key=key.encode()) for topic, key, value in events])
+    compared = 0
+    for s in single.values():
+        if not s.name.startswith(("streammon_accuracy", "streammon_mae", "streammon_mean_score", "streammon_predictions",
+                                  "streammon_missed_positive", "streammon_joined", "streammon_join_pending", "streammon_duplicates")):
+            continue
+        key = (s.name, tuple(sorted(s.labels.items())))
+        assert key in got, f"{key} missing from the exporter"
+        assert got[key] == pytest.approx(s.value, rel=1e-9, nan_ok=True), key
+        compared += 1
+    assert compared > 40
+
+    valid = [json.loads(value) for topic, key, value in events if _valid(topic, key, value)]
+    oracle = run_oracle(valid, feedback_ttl=100 * 86400, prediction_ttl=100 * 86400, segments=("version",))
+
+    def metric(name, **labels):
+        return got[(name, tuple(sorted({"monitor": "kafka_test", "model": "default", **labels}.items())))]
+
+    pairs = oracle.select("pair", None)
+
+    class W:  # the 10-minute window of the app
+        size, step, panes, grace = 600.0, 60.0, 10, 60.0
+    for version in ("v0", "v1", "v2"):
+        rows = [r for r in pairs if r.segment == (version,)]
+        y_true, y_pred = [r.y_true for r in rows], [r.y_pred for r in rows]
+        assert metric("streammon_accuracy", window="cumulative", version=version) == pytest.approx(accuracy_score(y_true, y_pred), rel=1e-12)
+        assert metric("streammon_mae", window="cumulative", version=version) == pytest.approx(mean_absolute_error(y_true, y_pred), rel=1e-9)
+        assert metric("streammon_accuracy_count", window="cumulative", version=version) == len(rows)
+        preds = [r for r in oracle.select("prediction", None) if r.segment == (version,)]
+        assert metric("streammon_mean_score", window="cumulative", version=version) == pytest.approx(np.mean([r.score for r in preds]), rel=1e-9)
+        windowed = [r for r in oracle.select("pair", W) if r.segment == (version,)]
+        assert metric("streammon_accuracy_count", window="10m", version=version) == len(windowed) > 0
+        assert metric("streammon_accuracy", window="10m", version=version) == pytest.approx(
+            accuracy_score([r.y_true for r in windowed], [r.y_pred for r in windowed]), rel=1e-12)
+    mon = (("monitor", "kafka_test"),)
+    assert got[("streammon_joined_total", mon)] == oracle.joined
+    assert got[("streammon_join_pending", mon + (("side", "prediction"),))] == oracle.pending_predictions
+    assert got[("streammon_join_pending", (("monitor", "kafka_test"), ("side", "feedback")))] == oracle.pending_feedback
+    assert not math.isnan(got[("streammon_stream_time_seconds", mon)])
+
+
+def _valid(topic: str, key: str, value: bytes) -> bool:
+    try:
+        decode_event(value, kind=_KIND[topic], key=key, now=2e9)
+        return True
+    except EventError:
+        return False
+
+
+def test_a_metric_that_cannot_merge_is_refused_at_start_with_the_fix(tmp_path):
+    app = tmp_path / "river_app.py"
+    app.write_text("import river.metrics\nimport streammon as sm\n"
+                   "monitor = sm.Monitor('r', windows=[sm.Cumulative()])\nmonitor.track(river.metrics.Accuracy())\n")
+    done = subprocess.run([sys.executable, "-m", "streammon", "export", f"{app}:monitor", "--state-dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2
+    assert "'accuracy' (Accuracy) cannot" in done.stderr and "ops.Accuracy()" in done.stderr
