@@ -1,0 +1,167 @@
+"""Scale-out without a broker: per-partition engines merged by the exporter, against the oracle and one monitor."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import streammon as sm
+from streammon import operators as ops
+from streammon.connectors import Message
+from streammon.connectors.kafka_group import assign_partition_numbers
+from streammon.errors import RegistrationError
+from streammon.partials import PartialsExporter, dump_partials, require_mergeable, write_partials
+from tests.oracle import run_oracle
+from tests.test_engine_properties import FEEDBACK_TTL, METRICS, PREDICTION_TTL, READS_SCORE, SEGMENTS, WINDOWS, streams
+
+# Every metric of the engine's property test that can merge (river's Accuracy cannot: it is refused).
+MERGEABLE = {name: spec for name, spec in METRICS.items() if name != "river_accuracy"}
+
+
+def build(**ttl) -> sm.Monitor:
+    monitor = sm.Monitor("prop", windows=WINDOWS, segments=SEGMENTS, max_future_seconds=1e12, batch_size=7, **ttl)
+    for register, _, _ in MERGEABLE.values():
+        register(monitor)
+    return monitor
+
+
+def partition_of(event: dict, count: int) -> int:
+    return zlib.crc32(event["id"].encode()) % count
+
+
+def run_partitioned(events: list[dict], count: int, directory, **ttl) -> tuple[sm.Monitor, list[list[dict]]]:
+    """Each partition's events through its own engine, partials written, merged by an exporter."""
+    worker = build(**ttl)
+    split: list[list[dict]] = [[] for _ in range(count)]
+    for e in events:
+        split[partition_of(e, count)].append(e)
+    for p, mine in enumerate(split):
+        engine = worker._new_engine(worker.metrics)
+        for i in range(0, len(mine), 5):
+            worker._process_into(engine, [Message(e) for e in mine[i:i + 5]])
+        write_partials(directory, p, dump_partials(engine, partition=p, offsets={("t", p): len(mine)}, lineage="one"))
+    exporter_monitor = build(**ttl)
+    PartialsExporter(exporter_monitor, str(directory)).refresh()
+    return exporter_monitor, split
+
+
+def published(monitor: sm.Monitor) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in monitor.values()}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(events=streams(), count=st.sampled_from([1, 2, 3, 5]))
+def test_merged_partitions_equal_the_oracle_run_per_partition(events, count, tmp_path_factory):
+    ttl = dict(feedback_ttl=FEEDBACK_TTL, prediction_ttl=PREDICTION_TTL)
+    merged, split = run_partitioned(events, count, tmp_path_factory.mktemp("state"), **ttl)
+    # Each partition joins and expires on its own stream time; windows end at the largest of them.
+    results = [run_oracle(part, feedback_ttl=FEEDBACK_TTL, prediction_ttl=PREDICTION_TTL, segments=SEGMENTS) for part in split]
+    final = max(r.stream_time for r in results)
+    for r in results:
+        r.stream_time = final
+    got = published(merged)
+    for name, (_, stream, oracle) in MERGEABLE.items():
+        for window in WINDOWS:
+            spec = None if isinstance(window, sm.Cumulative) else window
+            rows = [row for r in results for row in r.select(stream, spec)]
+            if name in READS_SCORE:
+                rows = [row for row in rows if row.score is not None]
+            groups: dict[tuple, list] = {}
+            for row in rows:
+                groups.setdefault((row.model, row.segment[0] if stream != "feedback" else ""), []).append(row)
+            counts = {(dict(k)["model"], dict(k).get("version", "")): v for (n, k), v in got.items()
+                      if n == f"streammon_{name}_count" and dict(k)["window"] == window.label and v}
+            assert counts == {k: len(g) for k, g in groups.items()}, (name, window)
+            for (model, version), group in groups.items():
+                labels = {"monitor": "prop", "model": model, "window": window.label, "version": version}
+                value = got[(f"streammon_{name}", tuple(sorted(labels.items())))]
+                assert value == pytest.approx(oracle(group), rel=1e-9, abs=1e-12, nan_ok=True), (name, window, model, version)
+
+    def one(name, **labels):
+        return got[(name, tuple(sorted({"monitor": "prop", **labels}.items())))]
+    assert one("streammon_joined_total") == sum(r.joined for r in results)
+    for side in ("prediction", "feedback"):
+        assert one("streammon_duplicates_total", side=side) == sum(r.duplicates[side] for r in results)
+        assert one("streammon_join_expired_total", side=side) == sum(r.expired[side] for r in results)
+    assert one("streammon_join_pending", side="prediction") == sum(r.pending_predictions for r in results)
+    assert one("streammon_join_pending", side="feedback") == sum(r.pending_feedback for r in results)
+    assert one("streammon_stream_time_seconds") == final
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(events=streams(), count=st.sampled_from([2, 4]))
+def test_merged_partitions_equal_one_monitor_when_nothing_expires(events, count, tmp_path_factory):
+    # With TTLs longer than the stream, per-partition stream time changes only which events count as late.
+    ttl = dict(feedback_ttl=1e6, prediction_ttl=1e6)
+    merged, _ = run_partitioned(events, count, tmp_path_factory.mktemp("state"), **ttl)
+    single = build(**ttl)
+    single.replay(events)
+    a, b = published(single), published(merged)
+    skip = ("streammon_late_events_total", "streammon_processing_seconds")
+    a = {k: v for k, v in a.items() if not k[0].startswith(skip)}
+    b = {k: v for k, v in b.items() if not k[0].startswith(skip) and k[0] != "streammon_partials_age_seconds"}
+    assert a.keys() == b.keys()
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12, nan_ok=True), key
+
+
+def _partial(monitor: sm.Monitor, events: list[dict], *, offset: int, lineage: str) -> bytes:
+    engine = monitor._new_engine(monitor.metrics)
+    monitor._process_into(engine, [Message(e) for e in events])
+    return dump_partials(engine, partition=0, offsets={("predictions", 0): offset}, lineage=lineage)
+
+
+def test_the_exporter_keeps_the_newest_partial_of_a_lineage_and_takes_a_new_lineage_at_once(tmp_path):
+    monitor = sm.Monitor("x", windows=[sm.Cumulative()])
+    monitor.track(ops.Count(of="prediction"), name="n")
+    exporter = PartialsExporter(monitor, str(tmp_path))
+    evs = [{"id": f"p{i}", "ts": i, "prediction": 1} for i in range(5)]
+    write_partials(tmp_path, 0, _partial(monitor, evs[:3], offset=3, lineage="a"))
+    assert exporter.refresh() and monitor.value("n") == 3
+    # A worker restored from an older checkpoint writes partials behind: they wait until it catches up.
+    write_partials(tmp_path, 0, _partial(monitor, evs[:2], offset=2, lineage="a"))
+    assert not exporter.refresh() and monitor.value("n") == 3
+    write_partials(tmp_path, 0, _partial(monitor, evs[:4], offset=4, lineage="a"))
+    assert exporter.refresh() and monitor.value("n") == 4
+    # The state was started afresh (a new lineage): its first partial counts even with lower offsets.
+    write_partials(tmp_path, 0, _partial(monitor, evs[:1], offset=1, lineage="b"))
+    assert exporter.refresh() and monitor.value("n") == 1
+
+
+def test_a_partial_from_another_app_is_refused_and_the_previous_one_kept(tmp_path, caplog):
+    monitor = sm.Monitor("x", windows=[sm.Cumulative()])
+    monitor.track(ops.Count(of="prediction"), name="n")
+    other = sm.Monitor("x", windows=[sm.Cumulative()])
+    other.track(ops.Mean(of="score"), name="n")
+    exporter = PartialsExporter(monitor, str(tmp_path))
+    write_partials(tmp_path, 0, _partial(monitor, [{"id": "a", "ts": 1, "prediction": 1}], offset=1, lineage="a"))
+    exporter.refresh()
+    write_partials(tmp_path, 0, _partial(other, [{"id": "b", "ts": 2, "prediction": 1, "score": 0.5}] * 1, offset=9, lineage="a"))
+    assert not exporter.refresh()
+    assert monitor.value("n") == 1
+    assert "metrics differ" in caplog.text
+
+
+def test_a_metric_that_cannot_merge_is_refused_with_the_fix():
+    from river import metrics as river_metrics
+    monitor = sm.Monitor("x", windows=[sm.Cumulative()])
+    monitor.track(river_metrics.Accuracy())
+    monitor.track(ops.Accuracy(), name="ours")
+    with pytest.raises(RegistrationError, match=r"'accuracy' \(Accuracy\) cannot .*ops\.Accuracy\(\)"):
+        require_mergeable(monitor.metrics)
+
+
+@given(members=st.lists(st.text("abcdef", min_size=1, max_size=3), min_size=1, max_size=6, unique=True),
+       count=st.integers(0, 12), data=st.data())
+def test_partition_numbers_are_spread_evenly_and_stay_where_they_were(members, count, data):
+    owned = {m: data.draw(st.lists(st.integers(-1, 14), max_size=5)) for m in members}
+    got = assign_partition_numbers(members, count, owned)
+    numbers = sorted(p for parts in got.values() for p in parts)
+    assert numbers == list(range(count))  # each number exactly once
+    sizes = [len(parts) for parts in got.values()]
+    assert max(sizes) - min(sizes) <= 1
+    # Stickiness: an unchanged group keeps its assignment as it is.
+    assert assign_partition_numbers(members, count, got) == got
