@@ -1,4 +1,4 @@
-"""Scale-out on a real broker: workers join and leave a group mid-stream; the merged metrics stay exact."""
+"""Scale-out on a real broker: workers join, leave and crash mid-stream; the merged metrics stay exact."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def owned(port: int) -> dict[str, set[int]]:
     return found
 
 
-def test_workers_join_and_leave_mid_stream_and_the_merged_metrics_stay_exact(broker, tmp_path):
+def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exact(broker, tmp_path):
     events = make_events(25_000, seed=11)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, compression_type="gzip", linger_ms=20)
     done = threading.Event()
@@ -109,6 +109,11 @@ def test_workers_join_and_leave_mid_stream_and_the_merged_metrics_stay_exact(bro
         assert workers[0].returncode == 0, workers[0].stderr.read().decode()[-2000:]
         wait_for(lambda: sorted(p for port in ports[1:] for p in owned(port)["predictions"]) == list(range(PARTITIONS)),
                  30, "the two remaining workers to take over")
+        # A crash too: the group notices after the session timeout, and a new worker resumes from checkpoints.
+        workers[1].send_signal(signal.SIGKILL)
+        workers[1].wait()
+        workers.append(start_worker(broker, tmp_path, ports[0]))
+        assert not done.is_set(), "the stream ended before the crash: the test proves less than it says"
         assert done.wait(120), "producer did not finish"
 
         def events_seen():
@@ -117,8 +122,9 @@ def test_workers_join_and_leave_mid_stream_and_the_merged_metrics_stay_exact(bro
         time.sleep(1.5)  # anything counted twice would show up now
         got = scrape(export_port)
         assert events_seen() == len(events)
-        for w in workers[1:]:
+        for w in workers[2:]:
             assert w.poll() is None, w.stderr.read().decode()[-2000:]
+        assert sorted(p for port in (ports[0], ports[2]) for p in owned(port)["predictions"]) == list(range(PARTITIONS))
     finally:
         for w in workers:
             stop(w)
