@@ -131,7 +131,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"serving {server.url}", flush=True)
     try:
         with _stop_on_signals() as stop, _dead_letter(monitor, args.dead_letter), dead_letter:
-            monitor.run(source, until=stop.is_set, state_dir=args.state_dir, checkpoint_interval=args.checkpoint_interval)
+            monitor.run(source, until=stop.is_set, state_dir=args.state_dir, checkpoint_interval=args.checkpoint_interval,
+                        publish_interval=args.publish_interval)
             print(_health(monitor), file=sys.stderr, flush=True)
             if args.source and not args.exit_when_done and not stop.is_set():
                 print(f"input done; serving {server.url} until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
@@ -319,6 +320,8 @@ def _parser() -> argparse.ArgumentParser:
                      "session_timeout_ms=10000 (repeatable; the client's own names)")
     run.add_argument("--scale-out", action="store_true", help="share the partitions with the other workers of "
                      "--group (state per partition in --state-dir, which they share); serve metrics with streammon export")
+    run.add_argument("--publish-interval", type=float, default=1.0,
+                     help="with --scale-out: seconds between writes of the partitions' partial aggregates (default 1)")
     run.set_defaults(handler=_run)
 
     export = commands.add_parser("export", help="serve the merged metrics of a scaled-out group of workers")
