@@ -55,14 +55,16 @@ class PartitionWorker:
                                   f"partition: give it another --state-dir, or run without scale-out")
         self.checkpoint_interval = checkpoint_interval
         self.partitions: dict[int, Partition] = {}
+        self._parked: dict[int, tuple[Partition, Any]] = {}
         self.health = Health()  # this process's batches, for its own /metrics
         self.last_saved: float | None = None
 
     # -- the RebalanceListener protocol ---------------------------------------------------------
     def assigned(self, numbers: list[int]) -> dict[tuple[str, int], int]:
         offsets: dict[tuple[str, int], int] = {}
+        parked, self._parked = self._parked, {}
         for number in numbers:
-            partition = self.partitions.get(number) or self._open(number)
+            partition = self.partitions.get(number) or self._unpark(parked.get(number)) or self._open(number)
             offsets.update(partition.offsets)
         log.info("assigned partitions %s (now %s)", numbers, sorted(self.partitions))
         return offsets
@@ -71,8 +73,21 @@ class PartitionWorker:
         self.checkpoint([n for n in numbers if n in self.partitions])
         with self.monitor._lock:
             for number in numbers:
-                self.partitions.pop(number, None)
+                partition = self.partitions.pop(number, None)
+                if partition is not None:
+                    # Kept until the assignment that follows: a partition that stays here (the
+                    # assignor is sticky) goes on from memory instead of reloading its checkpoint.
+                    self._parked[number] = (partition, _stamp(partition.checkpointer.path))
         log.info("revoked partitions %s (now %s)", numbers, sorted(self.partitions))
+
+    def _unpark(self, parked: tuple[Partition, Any] | None) -> Partition | None:
+        if parked is None:
+            return None
+        partition, stamp = parked
+        if _stamp(partition.checkpointer.path) != stamp:  # another worker wrote it since: load theirs
+            return None
+        self.partitions[partition.number] = partition
+        return partition
 
     def lost(self, numbers: list[int]) -> None:
         # Evicted from the group: the new owner resumes from the last checkpoint, which this worker
@@ -172,3 +187,10 @@ def run_partitioned(monitor: "Monitor", source: Any, *, state_dir: str | None, c
         monitor._source = None
         source.close()
 
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
