@@ -252,3 +252,30 @@ def test_sliding_window_equals_the_oracle_on_the_window_tail():
     w_end = window.end(max(e["ts"] for e in events))
     inside = (ts >= w_end - 30) & (ts < w_end)
     assert close(m.value("f1"), skm.f1_score(y[inside], pred[inside], average="weighted", zero_division=0))
+
+
+@pytest.mark.parametrize("make", [ops.ROCAUC, ops.Calibration])
+@pytest.mark.parametrize("n", [0, 5, 3000])
+def test_binned_operators_survive_pickling_sparse_or_dense_and_merge_as_loaded(make, n):
+    import pickle
+    rng = np.random.default_rng(n)
+    y, s = binary_scores(rng, n)
+    whole, half_a, half_b = make(), make(), make()
+    if n:
+        whole.update_many(y, s)
+        half_a.update_many(y[: n // 2], s[: n // 2])
+        half_b.update_many(y[n // 2:], s[n // 2:])
+    # As a checkpoint or scale-out partial is read back: merged while still as loaded, or used directly.
+    merged = make()
+    merged.merge(pickle.loads(pickle.dumps(half_a)))
+    merged.merge(pickle.loads(pickle.dumps(half_b)))
+    used = pickle.loads(pickle.dumps(whole))
+    for got in (merged, used, pickle.loads(pickle.dumps(pickle.loads(pickle.dumps(whole))))):
+        assert close(got.get(), whole.get()) or (math.isnan(got.get()) and math.isnan(whole.get()))
+    if n:  # a loaded operator keeps learning, and a loaded one can be subtracted
+        used.update_many(y, s)
+        twice = make()
+        twice.update_many(np.concatenate([y, y]), np.concatenate([s, s]))
+        assert close(used.get(), twice.get())
+        used.subtract(pickle.loads(pickle.dumps(whole)))
+        assert close(used.get(), whole.get())
