@@ -121,6 +121,8 @@ def _run(args: argparse.Namespace) -> int:
     if bool(args.source) == bool(args.bootstrap_servers):
         raise _UsageError("give either --bootstrap-servers HOST:PORT (Kafka) or --source FILE... (event files)")
     monitor = load_app(args.app)
+    if args.scale_out:
+        _require_mergeable(monitor)
     if args.bootstrap_servers:
         source = _kafka_source(args)
         dead_letter = contextlib.nullcontext() if args.dead_letter else _kafka_dead_letter(monitor, args)
@@ -178,15 +180,19 @@ def _kafka_option(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _export(args: argparse.Namespace) -> int:
-    monitor = load_app(args.app)
-    if not Path(args.state_dir).is_dir():
-        raise _UsageError(f"--state-dir {args.state_dir} is not a directory: give the one the scaled-out workers share")
+def _require_mergeable(monitor: Monitor) -> None:
     from .partials import require_mergeable
     try:
         require_mergeable(monitor.metrics)
     except RegistrationError as exc:
         raise _UsageError(str(exc)) from exc
+
+
+def _export(args: argparse.Namespace) -> int:
+    monitor = load_app(args.app)
+    if not Path(args.state_dir).is_dir():
+        raise _UsageError(f"--state-dir {args.state_dir} is not a directory: give the one the scaled-out workers share")
+    _require_mergeable(monitor)
     server = _serve(monitor, args.metrics_port, args.metrics_host)
     print(f"serving {server.url}", flush=True)
     try:

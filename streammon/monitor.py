@@ -217,6 +217,9 @@ class Monitor:
             return run_partitioned(self, source, state_dir=state_dir, checkpoint_interval=checkpoint_interval,
                                    publish_interval=publish_interval, max_records=size, poll_timeout=poll_timeout, until=until)
         checkpointer = Checkpointer(state_dir, interval=checkpoint_interval) if state_dir else None
+        if checkpointer is not None and any(checkpointer.directory.glob("partition-*.pkl")):
+            raise CheckpointError(f"{state_dir} holds a scaled-out group's state (one snapshot per partition); run with "
+                                  f"scale-out (--scale-out), or give this worker another --state-dir")
         offsets: dict[tuple[str, int], int] = {}
         if checkpointer is not None:
             with self._lock:

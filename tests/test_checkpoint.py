@@ -114,3 +114,20 @@ def test_checkpoint_age_is_published(tmp_path):
     m._checkpointer.restore(build()._engine)
     ages = [s.value for s in m.values() if s.name == "streammon_checkpoint_age_seconds"]
     assert len(ages) == 1 and 0 <= ages[0] < 60 and not math.isnan(ages[0])
+
+
+def test_a_single_worker_and_a_scaled_out_group_refuse_each_others_state(tmp_path):
+    from streammon.partitions import PartitionWorker
+
+    events = [{"id": "a", "ts": 1, "prediction": 1}]
+    single = sm.Monitor("m", windows=[sm.Cumulative()])
+    single.track(ops.Count(of="prediction"), name="n")
+    single.run(MemorySource(events), state_dir=str(tmp_path / "single"))
+    with pytest.raises(CheckpointError, match="single worker's snapshot"):
+        PartitionWorker(single, MemorySource([]), str(tmp_path / "single"), checkpoint_interval=5)
+    (tmp_path / "group").mkdir()
+    (tmp_path / "group" / "partition-0.pkl").write_bytes(b"")
+    again = sm.Monitor("m", windows=[sm.Cumulative()])
+    again.track(ops.Count(of="prediction"), name="n")
+    with pytest.raises(CheckpointError, match="scaled-out group's state"):
+        again.run(MemorySource(events), state_dir=str(tmp_path / "group"))

@@ -182,11 +182,12 @@ def _valid(topic: str, key: str, value: bytes) -> bool:
         return False
 
 
-def test_a_metric_that_cannot_merge_is_refused_at_start_with_the_fix(tmp_path):
+@pytest.mark.parametrize("command", [["export"], ["run", "--scale-out", "--group", "g", "--bootstrap-servers", "127.0.0.1:1"]])
+def test_a_metric_that_cannot_merge_is_refused_at_start_with_the_fix(tmp_path, command):
     app = tmp_path / "river_app.py"
     app.write_text("import river.metrics\nimport streammon as sm\n"
                    "monitor = sm.Monitor('r', windows=[sm.Cumulative()])\nmonitor.track(river.metrics.Accuracy())\n")
-    done = subprocess.run([sys.executable, "-m", "streammon", "export", f"{app}:monitor", "--state-dir", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "streammon", command[0], f"{app}:monitor", "--state-dir", str(tmp_path), *command[1:]],
                           cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 2
+    assert done.returncode == 2, done.stderr
     assert "'accuracy' (Accuracy) cannot" in done.stderr and "ops.Accuracy()" in done.stderr
