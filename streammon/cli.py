@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -161,8 +162,12 @@ def _kafka_source(args: argparse.Namespace):
             raise _UsageError("--scale-out needs --group NAME (the workers' consumer group) and --state-dir DIR "
                               "(a directory every worker of the group shares)")
         options["scale_out"] = True
-    return Source(args.bootstrap_servers, predictions_topic=topics[0], feedback_topic=topics[1],
-                  group_id=args.group or "streammon", **options)
+    factory = functools.partial(Source, args.bootstrap_servers, predictions_topic=topics[0], feedback_topic=topics[1],
+                                group_id=args.group or "streammon", **options)
+    if args.prefetch:
+        from .connectors.prefetch import PrefetchingSource
+        return PrefetchingSource(factory)
+    return factory()
 
 
 def _kafka_option(text: str) -> tuple[str, Any]:
@@ -326,6 +331,8 @@ def _parser() -> argparse.ArgumentParser:
                      "session_timeout_ms=10000 (repeatable; the client's own names)")
     run.add_argument("--scale-out", action="store_true", help="share the partitions with the other workers of "
                      "--group (state per partition in --state-dir, which they share); serve metrics with streammon export")
+    run.add_argument("--prefetch", action="store_true", help="read Kafka in a child process while this one "
+                     "processes (uses a second core; see docs/kafka.md)")
     run.add_argument("--publish-interval", type=float, default=1.0,
                      help="with --scale-out: seconds between writes of the partitions' partial aggregates (default 1)")
     run.set_defaults(handler=_run)

@@ -62,10 +62,11 @@ def make_events(n_predictions: int, seed: int = 7) -> list[tuple[str, str, bytes
     return out
 
 
-def start_worker(broker, state_dir, port):
+def start_worker(broker, state_dir, port, *extra):
     return subprocess.Popen(
         [sys.executable, "-m", "streammon", "run", "tests/kafka_app.py:monitor", "--bootstrap-servers", broker.bootstrap_servers,
-         "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.3", "--group", "recovery-test"],
+         "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.3", "--group", "recovery-test",
+         *extra],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
@@ -98,7 +99,8 @@ def test_sigkill_at_twenty_moments_loses_and_doubles_nothing(broker, tmp_path):
             worker.send_signal(signal.SIGKILL)
             worker.wait()
             kills += 1
-            worker = start_worker(broker, tmp_path, port)
+            # Every other worker reads Kafka in a child process (--prefetch), which a SIGKILL orphans.
+            worker = start_worker(broker, tmp_path, port, *(["--prefetch"] if kills % 2 else []))
         assert done.wait(120), "producer did not finish"
         expected_total = len(events)
 

@@ -48,9 +48,9 @@ def _spawn(args: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def start_worker(broker, state_dir, port) -> subprocess.Popen:
+def start_worker(broker, state_dir, port, *extra: str) -> subprocess.Popen:
     return _spawn(["run", APP, "--bootstrap-servers", broker.bootstrap_servers, "--group", "scaleout-test", "--scale-out",
-                   "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.5", *FAST_GROUP])
+                   "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.5", *FAST_GROUP, *extra])
 
 
 def stop(process: subprocess.Popen, sig=signal.SIGTERM) -> None:
@@ -95,7 +95,9 @@ def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exa
         workers.append(start_worker(broker, tmp_path, ports[0]))
         wait_for(lambda: owned(ports[0])["predictions"] == set(range(PARTITIONS)), 30, "the first worker to own every partition")
         time.sleep(2)
-        workers.append(start_worker(broker, tmp_path, ports[1]))
+        # This one reads Kafka in a child process (--prefetch): rebalances reach it through the pipe,
+        # and when it is SIGKILLed below, its orphaned reader must leave the group too.
+        workers.append(start_worker(broker, tmp_path, ports[1], "--prefetch"))
         time.sleep(3)
         workers.append(start_worker(broker, tmp_path, ports[2]))
 
