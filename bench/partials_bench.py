@@ -1,0 +1,123 @@
+"""Cost of scale-out's partial aggregates: ``python bench/partials_bench.py [--quick]``.
+
+The realistic metric set (bench/kafka_common.py) is fed the realistic stream split over P input
+partitions, each through its own engine, as scaled-out workers keep them. Measured, for P in 4, 8,
+16, 32: the size of one partition's partials file and the time to write it (what a worker pays
+every publish interval), the exporter's refresh when every partition changed and when one did
+(read, unpickle, merge: what ``streammon export`` pays every refresh), and a scrape of the merged
+view. Writes bench/results/partials.json and its section of docs/benchmarks.md (``--quick``:
+bench/results/partials_quick.json only). No figure is asserted in any test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kafka_common import ROOT, realistic_monitor, the_stream  # noqa: E402
+from kafka_report import machine  # noqa: E402
+
+from streammon.partials import PartialsExporter, dump_partials, write_partials  # noqa: E402
+
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- partials:begin -->", "<!-- partials:end -->"
+
+
+def measure(events: int, partitions: list[int], repeats: int) -> dict:
+    messages = the_stream(events)
+    rows = []
+    for count in partitions:
+        monitor = realistic_monitor()
+        split: list[list] = [[] for _ in range(count)]
+        for m in messages:
+            split[zlib.crc32(m.key if isinstance(m.key, bytes) else str(m.key).encode()) % count].append(m)
+        directory = Path(tempfile.mkdtemp(prefix="partials-bench-"))
+        engines, dumps, sizes = [], [], []
+        for p, mine in enumerate(split):
+            engine = monitor._new_engine(monitor.metrics)
+            for i in range(0, len(mine), 4096):
+                monitor._process_into(engine, mine[i:i + 4096])
+            started = time.perf_counter()
+            data = dump_partials(engine, partition=p, offsets={("predictions", p): len(mine)}, lineage="bench")
+            write_partials(directory, p, data)
+            dumps.append(time.perf_counter() - started)
+            sizes.append(len(data))
+            engines.append(engine)
+
+        def refresh(changed: list[int], version: int) -> float:
+            for p in changed:
+                write_partials(directory, p, dump_partials(engines[p], partition=p, offsets={("predictions", p): version},
+                                                           lineage="bench"))
+            started = time.perf_counter()
+            exporter.refresh()
+            return time.perf_counter() - started
+
+        exporter_monitor = realistic_monitor()
+        exporter = PartialsExporter(exporter_monitor, str(directory))
+        all_changed = [refresh(list(range(count)), 10**9 + r) for r in range(repeats)]
+        one_changed = [refresh([0], 2 * 10**9 + r) for r in range(repeats)]
+        started = time.perf_counter()
+        samples = exporter_monitor.values()
+        scrape = time.perf_counter() - started
+        rows.append({"partitions": count, "events_per_partition": round(events / count),
+                     "partials_kib_median": round(statistics.median(sizes) / 1024, 1),
+                     "write_ms_median": round(statistics.median(dumps) * 1000, 2),
+                     "refresh_all_ms_median": round(statistics.median(all_changed) * 1000, 1),
+                     "refresh_one_ms_median": round(statistics.median(one_changed) * 1000, 1),
+                     "scrape_ms": round(scrape * 1000, 2), "samples": len(samples)})
+        print(json.dumps(rows[-1]), flush=True)
+    return {"events": events, "rows": rows}
+
+
+def render(result: dict, meta: dict) -> str:
+    lines = [
+        f"Results of `python bench/partials_bench.py` on {meta['date']} ({meta['cpu_model']}, {meta['cores']} cores, load "
+        f"{meta['load_average_at_start']} at start; streammon {meta['streammon_commit']}). Raw figures: "
+        "`bench/results/partials.json`.",
+        "",
+        f"{result['events']:,} messages of the realistic stream, split by key over P partitions, each through its own "
+        "engine with the realistic metric set (`Cumulative()` and `Sliding('1h')`, per version). A worker writes one "
+        "partials file per partition it owns every publish interval (1 s by default); the exporter re-reads those "
+        "that changed and merges all of them every refresh (0.5 s by default). Medians.",
+        "",
+        "| partitions | one partition's partials | worker: write one | exporter: refresh, all changed | exporter: refresh, one changed | scrape of the merged view |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['partitions']} | {r['partials_kib_median']:,} KiB | {r['write_ms_median']} ms | "
+                     f"{r['refresh_all_ms_median']} ms | {r['refresh_one_ms_median']} ms | {r['scrape_ms']} ms ({r['samples']} samples) |")
+    lines += ["", "The exporter merges every partition's panes again at each refresh in which any partition changed, "
+              "so its cost grows with partitions x series x panes; the scrape reads the merged view and does not."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes; writes bench/results/partials_quick.json only")
+    args = parser.parse_args()
+    meta = machine()
+    result = measure(40_000 if args.quick else 200_000, [4, 8] if args.quick else [4, 8, 16, 32], 1 if args.quick else 3)
+    out = ROOT / "bench" / "results" / ("partials_quick.json" if args.quick else "partials.json")
+    out.write_text(json.dumps({"machine": meta, **result}, indent=2) + "\n")
+    print(f"wrote {out}")
+    if not args.quick:
+        text = DOC.read_text()
+        section = f"{BEGIN}\n{render(result, meta)}\n{END}"
+        if BEGIN in text:
+            text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip() + "\n\n## Scale-out: partial aggregates\n\n" + section + "\n"
+        DOC.write_text(text)
+        print(f"updated {DOC}")
+
+
+if __name__ == "__main__":
+    main()
