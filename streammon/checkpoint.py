@@ -139,6 +139,7 @@ class Checkpointer:
 
     def restore(self, engine: "Engine") -> dict[tuple[str, int], int] | None:
         """Load the last snapshot into ``engine``; None when there is none yet."""
+        self._remove_orphans()
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -152,12 +153,32 @@ class Checkpointer:
         return state["offsets"]
 
 
+    def _remove_orphans(self) -> None:
+        # Temporary files of writers that died mid-write (named after their process id).
+        for tmp in self.directory.glob(f"{self.path.name}.*.tmp"):
+            pid = tmp.name[len(self.path.name) + 1:-len(".tmp")]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def write_atomically(path: Path, data: bytes, *, durable: bool) -> None:
     """Replace ``path`` with ``data`` by rename, so a reader sees the old file or the new one, never half.
 
     ``durable`` also fsyncs the file and its directory, so the new file survives a power cut.
     """
-    tmp = path.with_name(path.name + ".tmp")
+    # One temporary name per process: a worker's orphaned writer (or a second worker started by
+    # mistake on the same directory) never writes into the file another is about to rename.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         if durable:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -131,3 +132,19 @@ def test_a_single_worker_and_a_scaled_out_group_refuse_each_others_state(tmp_pat
     again.track(ops.Count(of="prediction"), name="n")
     with pytest.raises(CheckpointError, match="scaled-out group's state"):
         again.run(MemorySource(events), state_dir=str(tmp_path / "group"))
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_that_survives_the_next_start(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    orphan = tmp_path / f"snapshot.pkl.{dead}.tmp"
+    orphan.write_bytes(b"half a snapshot")
+    live = tmp_path / f"snapshot.pkl.{os.getppid()}.tmp"  # a live process: a restart never deletes its file
+    live.write_bytes(b"")
+    monitor = sm.Monitor("m", windows=[sm.Cumulative()])
+    monitor.track(ops.Count(of="prediction"), name="n")
+    monitor.run(MemorySource([{"id": "a", "ts": 1, "prediction": 1}]), state_dir=str(tmp_path))
+    assert not orphan.exists() and live.exists()
+    assert monitor.value("n") == 1
