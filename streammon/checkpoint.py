@@ -125,6 +125,7 @@ class Checkpointer:
         self.last_saved: float | None = None  # wall clock of the last snapshot written or read
         # Identifies one history of the state; a crash and restore keep it, starting afresh changes it.
         self.lineage: str | None = None
+        self._writing: tuple[int, int, dict, float] | None = None  # a background save: pid, pipe, offsets, started
 
     def due(self) -> bool:
         return self.last_saved is None or time.monotonic() - self._last_monotonic >= self.interval
@@ -136,6 +137,52 @@ class Checkpointer:
             raise CheckpointError(f"cannot write the snapshot in {self.directory}: {exc}") from exc
         self.last_saved = time.time()
         self._last_monotonic = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        """True while a background save is writing."""
+        return self._writing is not None
+
+    def save_in_background(self, engine: "Engine", offsets: Offsets) -> None:
+        """Write the snapshot from a forked child while this process goes on.
+
+        The child sees the state as it is at the fork (copy-on-write), so the caller keeps
+        processing; the offsets may be committed once :meth:`finished` returns them.
+        """
+        self.finished(wait=True)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: write, report, and leave without running the parent's cleanup
+            code = 1
+            try:
+                os.close(read_end)
+                write_atomically(self.path, dump_engine(engine, offsets, self.lineage), durable=True)
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent through the pipe
+                os.write(write_end, f"{type(exc).__name__}: {exc}".encode()[:4000])
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        self._writing = (pid, read_end, dict(offsets), time.time())
+        self._last_monotonic = time.monotonic()  # the interval counts from the start of a save
+
+    def finished(self, *, wait: bool = False) -> dict[tuple[str, int], int] | None:
+        """Offsets of a background save now on disk (safe to commit); None if none finished (yet)."""
+        if self._writing is None:
+            return None
+        pid, read_end, offsets, started = self._writing
+        done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        if not done:
+            return None
+        self._writing = None
+        try:
+            reason = os.read(read_end, 4096).decode(errors="replace")
+        finally:
+            os.close(read_end)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise CheckpointError(f"cannot write the snapshot in {self.directory}: {reason or f'writer exit status {status}'}")
+        self.last_saved = started  # the state saved is the state at the fork
+        return offsets
 
     def restore(self, engine: "Engine") -> dict[tuple[str, int], int] | None:
         """Load the last snapshot into ``engine``; None when there is none yet."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, Iterable, Literal, Sequence
@@ -200,12 +201,14 @@ class Monitor:
 
     def run(self, source: Source, *, state_dir: str | None = None, checkpoint_interval: float = 5.0,
             max_records: int | None = None, poll_timeout: float = 0.5, until: Callable[[], bool] | None = None,
-            publish_interval: float = 1.0) -> None:
+            publish_interval: float = 1.0, background_checkpoints: bool = True) -> None:
         """Consume ``source`` until it is exhausted, ``until()`` is true, or :meth:`stop` is called.
 
         With ``state_dir``, state and offsets are checkpointed together every ``checkpoint_interval``
         seconds (and at a clean stop), and a restart resumes from the last checkpoint: a worker killed
-        at any moment counts every event exactly once (see docs/kafka.md).
+        at any moment counts every event exactly once (see docs/kafka.md). Snapshots are written by a
+        forked child while this process goes on (``background_checkpoints``, where the OS can fork),
+        and offsets are committed once the snapshot is on disk.
 
         A source shared by a group of workers (``KafkaSource(..., scale_out=True)``) keeps state per
         partition in ``state_dir`` (which every worker must share) and writes each partition's
@@ -233,6 +236,7 @@ class Monitor:
             elif offsets:
                 raise CheckpointError(f"{type(source).__name__} cannot seek, so it cannot resume from {state_dir}")
         self._source, self._checkpointer = source, checkpointer
+        background = checkpointer is not None and background_checkpoints and hasattr(os, "fork")
         dirty = False
         try:
             while not self._stop.is_set() and not (until and until()):
@@ -242,26 +246,36 @@ class Monitor:
                     for msg in batch:
                         offsets[(msg.topic, msg.partition)] = msg.offset + 1
                     dirty = True
-                if dirty and (checkpointer is None or checkpointer.due()):
-                    self._checkpoint(source, checkpointer, offsets)
+                if dirty and (checkpointer is None or (checkpointer.due() and not checkpointer.busy)):
+                    self._checkpoint(source, checkpointer, offsets, background=background)
                     dirty = False
+                if background and (saved := checkpointer.finished()) is not None:
+                    source.commit(saved)
                 if not batch and source.exhausted:
                     break
-            if dirty:
+            if checkpointer is not None and (saved := checkpointer.finished(wait=True)) is not None:
+                source.commit(saved)
+            if dirty:  # a clean stop ends with a snapshot of everything read
                 self._checkpoint(source, checkpointer, offsets)
         finally:
             self._stop.clear()  # here, not on entry, so a stop() that came before run() is honoured
             self._source = None
             source.close()
 
-    def _checkpoint(self, source: Source, checkpointer: Checkpointer | None, offsets: dict[tuple[str, int], int]) -> None:
+    def _checkpoint(self, source: Source, checkpointer: Checkpointer | None, offsets: dict[tuple[str, int], int],
+                    background: bool = False) -> None:
         # Rejected events must be in the dead-letter sink before the offsets move past them.
         flush = getattr(self.dead_letter, "flush", None)
         if callable(flush):
             flush()
-        if checkpointer is not None:
-            with self._lock:
-                checkpointer.save(self._engine, offsets)
+        if checkpointer is None:
+            source.commit(dict(offsets))
+            return
+        with self._lock:  # held across the fork, so no scrape is half-way through the state
+            if background:
+                checkpointer.save_in_background(self._engine, offsets)
+                return  # committed when the snapshot is on disk
+            checkpointer.save(self._engine, offsets)
         source.commit(dict(offsets))
 
     def _apply_settings_to_restored_state(self, engine: Engine) -> None:

@@ -148,3 +148,51 @@ def test_a_writer_killed_mid_write_leaves_nothing_that_survives_the_next_start(t
     monitor.run(MemorySource([{"id": "a", "ts": 1, "prediction": 1}]), state_dir=str(tmp_path))
     assert not orphan.exists() and live.exists()
     assert monitor.value("n") == 1
+
+
+class _CommitChecking(MemorySource):
+    """Checks, at every commit, that the snapshot on disk already holds those offsets."""
+
+    def __init__(self, events, snapshot, slow_down):
+        super().__init__(events)
+        self.snapshot, self.slow_down = snapshot, slow_down
+        self.commits, self.behind = 0, []
+
+    def poll(self, max_records, timeout):
+        self.slow_down()
+        return super().poll(max_records, timeout)
+
+    def commit(self, offsets):
+        from streammon.checkpoint import loads
+        self.commits += 1
+        on_disk = loads(self.snapshot.read_bytes(), build()._engine)["offsets"]
+        if on_disk != dict(offsets):
+            self.behind.append((dict(offsets), on_disk))
+        super().commit(offsets)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_offsets_are_committed_only_once_their_snapshot_is_on_disk(tmp_path, background):
+    import time
+    events = stream()
+    reference = build()
+    reference.replay(events)
+    source = _CommitChecking(events, tmp_path / "snapshot.pkl", lambda: time.sleep(0.002))
+    worker = build(batch_size=64)
+    worker.run(source, state_dir=str(tmp_path), checkpoint_interval=0.01, background_checkpoints=background)
+    assert source.commits > 5 and source.behind == []
+    assert_same(published(worker), published(reference))
+    again = build(batch_size=64)  # nothing left to read: the last snapshot holds everything
+    again.run(MemorySource(events), state_dir=str(tmp_path))
+    assert_same(published(again), published(reference))
+
+
+def test_a_background_snapshot_that_fails_stops_the_worker_with_the_reason(tmp_path):
+    import shutil
+    worker = build(batch_size=64)
+
+    def gone():  # the state directory disappears under the running worker
+        shutil.rmtree(tmp_path / "state", ignore_errors=True)
+        return False
+    with pytest.raises(CheckpointError, match="cannot write the snapshot .*No such file or directory"):
+        worker.run(MemorySource(stream()), state_dir=str(tmp_path / "state"), checkpoint_interval=0.01, until=gone)
