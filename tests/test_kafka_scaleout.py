@@ -92,7 +92,8 @@ def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exa
     workers: list[subprocess.Popen] = []
     try:
         threading.Thread(target=produce, daemon=True).start()
-        workers.append(start_worker(broker, tmp_path, ports[0]))
+        # --prefetch: this worker reads Kafka in a child process; stopped below, it must leave cleanly.
+        workers.append(start_worker(broker, tmp_path, ports[0], "--prefetch"))
         wait_for(lambda: owned(ports[0])["predictions"] == set(range(PARTITIONS)), 30, "the first worker to own every partition")
         time.sleep(2)
         # This one reads Kafka in a child process (--prefetch): rebalances reach it through the pipe,
@@ -107,8 +108,10 @@ def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exa
                     and sorted(p for s in seen for p in s["predictions"]) == list(range(PARTITIONS)))
         wait_for(spread, 30, "the group to spread the partitions over three workers")
         assert not done.is_set(), "the stream ended before the group changed: the test proves nothing"
+        stopping = time.monotonic()
         stop(workers[0])  # leaves mid-stream: its partitions move, with their checkpoints
         assert workers[0].returncode == 0, workers[0].stderr.read().decode()[-2000:]
+        assert time.monotonic() - stopping < 15
         wait_for(lambda: sorted(p for port in ports[1:] for p in owned(port)["predictions"]) == list(range(PARTITIONS)),
                  30, "the two remaining workers to take over")
         # A crash too: the group notices after the session timeout, and a new worker resumes from checkpoints.
