@@ -298,8 +298,10 @@ class Monitor:
         self._exporter = exporter
         try:
             while not self._stop.is_set() and not (until and until()):
+                started = time.monotonic()
                 exporter.refresh()
-                self._stop.wait(refresh)
+                # A merge that takes long (many partitions x series x panes) is not run back to back.
+                self._stop.wait(max(refresh, 2 * (time.monotonic() - started)))
         finally:
             self._stop.clear()
 
