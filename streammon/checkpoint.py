@@ -14,14 +14,14 @@ import os
 import pickle
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .errors import StreamMonError
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["Checkpointer", "CheckpointError", "write_atomically"]
+__all__ = ["Checkpointer", "CheckpointError", "BackgroundWrite", "write_atomically"]
 
 FORMAT = 1
 Offsets = Mapping[tuple[str, int], int]
@@ -125,7 +125,7 @@ class Checkpointer:
         self.last_saved: float | None = None  # wall clock of the last snapshot written or read
         # Identifies one history of the state; a crash and restore keep it, starting afresh changes it.
         self.lineage: str | None = None
-        self._writing: tuple[int, int, dict, float] | None = None  # a background save: pid, pipe, offsets, started
+        self._writing: tuple[BackgroundWrite, dict] | None = None  # a background save and its offsets
 
     def due(self) -> bool:
         return self.last_saved is None or time.monotonic() - self._last_monotonic >= self.interval
@@ -150,38 +150,19 @@ class Checkpointer:
         processing; the offsets may be committed once :meth:`finished` returns them.
         """
         self.finished(wait=True)
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: write, report, and leave without running the parent's cleanup
-            code = 1
-            try:
-                os.close(read_end)
-                write_atomically(self.path, dump_engine(engine, offsets, self.lineage), durable=True)
-                code = 0
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent through the pipe
-                os.write(write_end, f"{type(exc).__name__}: {exc}".encode()[:4000])
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        self._writing = (pid, read_end, dict(offsets), time.time())
+        lineage = self.lineage
+        self._writing = (BackgroundWrite([(self.path, lambda: dump_engine(engine, offsets, lineage))]), dict(offsets))
         self._last_monotonic = time.monotonic()  # the interval counts from the start of a save
 
     def finished(self, *, wait: bool = False) -> dict[tuple[str, int], int] | None:
         """Offsets of a background save now on disk (safe to commit); None if none finished (yet)."""
         if self._writing is None:
             return None
-        pid, read_end, offsets, started = self._writing
-        done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
-        if not done:
+        write, offsets = self._writing
+        if not write.done(wait=wait):
             return None
         self._writing = None
-        try:
-            reason = os.read(read_end, 4096).decode(errors="replace")
-        finally:
-            os.close(read_end)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise CheckpointError(f"cannot write the snapshot in {self.directory}: {reason or f'writer exit status {status}'}")
-        self.last_saved = started  # the state saved is the state at the fork
+        self.last_saved = write.started  # the state saved is the state at the fork
         return offsets
 
     def restore(self, engine: "Engine") -> dict[tuple[str, int], int] | None:
@@ -206,6 +187,45 @@ class Checkpointer:
             pid = tmp.name[len(self.path.name) + 1:-len(".tmp")]
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
                 tmp.unlink(missing_ok=True)
+
+
+class BackgroundWrite:
+    """Files written by a forked child, each by rename: the parent goes on with its state as it was at the fork."""
+
+    def __init__(self, jobs: list[tuple[Path, Callable[[], bytes]]]) -> None:
+        read_end, write_end = os.pipe()
+        self.started = time.time()
+        pid = os.fork()
+        if pid == 0:  # the child: write, report, and leave without running the parent's cleanup
+            code = 1
+            try:
+                os.close(read_end)
+                for path, make in jobs:
+                    write_atomically(path, make(), durable=True)
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent through the pipe
+                os.write(write_end, f"{type(exc).__name__}: {exc}".encode()[:4000])
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        self.pid, self._read_end = pid, read_end
+        self.directory = jobs[0][0].parent if jobs else Path(".")
+
+    def done(self, *, wait: bool = False) -> bool:
+        """True once every file is written; raises :class:`CheckpointError` with the reason if one was not."""
+        if self._read_end is None:
+            return True
+        finished, status = os.waitpid(self.pid, 0 if wait else os.WNOHANG)
+        if not finished:
+            return False
+        try:
+            reason = os.read(self._read_end, 4096).decode(errors="replace")
+        finally:
+            os.close(self._read_end)
+            self._read_end = None
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise CheckpointError(f"cannot write the snapshot in {self.directory}: {reason or f'writer exit status {status}'}")
+        return True
 
 
 def _alive(pid: int) -> bool:

@@ -218,7 +218,8 @@ class Monitor:
         if getattr(source, "scale_out", False):
             from .partitions import run_partitioned
             return run_partitioned(self, source, state_dir=state_dir, checkpoint_interval=checkpoint_interval,
-                                   publish_interval=publish_interval, max_records=size, poll_timeout=poll_timeout, until=until)
+                                   publish_interval=publish_interval, max_records=size, poll_timeout=poll_timeout, until=until,
+                                   background_checkpoints=background_checkpoints)
         checkpointer = Checkpointer(state_dir, interval=checkpoint_interval) if state_dir else None
         if checkpointer is not None and any(checkpointer.directory.glob("partition-*.pkl")):
             raise CheckpointError(f"{state_dir} holds a scaled-out group's state (one snapshot per partition); run with "

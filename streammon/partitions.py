@@ -10,7 +10,9 @@ before letting go; the worker that gets it restores that checkpoint and seeks to
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .checkpoint import Checkpointer, CheckpointError
+from .checkpoint import BackgroundWrite, Checkpointer, CheckpointError, dump_engine
 from .connectors.base import Message
 from .engine import Engine, Health
 from .partials import dump_partials, require_mergeable, write_partials
@@ -58,6 +60,7 @@ class PartitionWorker:
         self._parked: dict[int, tuple[Partition, Any]] = {}
         self.health = Health()  # this process's batches, for its own /metrics
         self.last_saved: float | None = None
+        self._writing: tuple[BackgroundWrite, dict[tuple[str, int], int]] | None = None
 
     # -- the RebalanceListener protocol ---------------------------------------------------------
     def assigned(self, numbers: list[int]) -> dict[tuple[str, int], int]:
@@ -126,8 +129,13 @@ class PartitionWorker:
             partition.unsaved = partition.unpublished = True
         self.health.observe_batch(time.perf_counter() - started)
 
-    def checkpoint(self, numbers: Sequence[int] | None = None) -> None:
-        """Save the partitions' state with their offsets, publish their partials, then commit the offsets."""
+    def checkpoint(self, numbers: Sequence[int] | None = None, *, background: bool = False) -> None:
+        """Save the partitions' state with their offsets, publish their partials, then commit the offsets.
+
+        ``background``: a forked child writes the snapshots while the worker goes on, and the
+        offsets are committed by :meth:`collect` once they are on disk.
+        """
+        self.collect(wait=True)  # one write at a time: an older snapshot never lands after a newer one
         chosen = [self.partitions[n] for n in (sorted(self.partitions) if numbers is None else numbers)]
         chosen = [p for p in chosen if p.unsaved]
         if not chosen:
@@ -137,6 +145,16 @@ class PartitionWorker:
         if callable(flush):
             flush()
         offsets: dict[tuple[str, int], int] = {}
+        if background:
+            with self.monitor._lock:
+                write = BackgroundWrite([(p.checkpointer.path, functools.partial(dump_engine, p.engine, dict(p.offsets), p.lineage))
+                                         for p in chosen])
+            for partition in chosen:
+                partition.unsaved = False
+                offsets.update(partition.offsets)
+            self._writing = (write, offsets)
+            self.publish(chosen)
+            return
         for partition in chosen:
             with self.monitor._lock:
                 partition.checkpointer.save(partition.engine, partition.offsets)
@@ -144,6 +162,17 @@ class PartitionWorker:
             offsets.update(partition.offsets)
         self.publish(chosen)
         self.last_saved = time.time()
+        self.source.commit(offsets)
+
+    def collect(self, *, wait: bool = False) -> None:
+        """Commit the offsets of a background checkpoint once its snapshots are on disk."""
+        if self._writing is None:
+            return
+        write, offsets = self._writing
+        if not write.done(wait=wait):
+            return
+        self._writing = None
+        self.last_saved = write.started
         self.source.commit(offsets)
 
     def publish(self, partitions: Sequence[Partition] | None = None) -> None:
@@ -159,7 +188,7 @@ class PartitionWorker:
 
 def run_partitioned(monitor: "Monitor", source: Any, *, state_dir: str | None, checkpoint_interval: float,
                     publish_interval: float, max_records: int, poll_timeout: float,
-                    until: Callable[[], bool] | None) -> None:
+                    until: Callable[[], bool] | None, background_checkpoints: bool = True) -> None:
     """The consume loop of one worker in a scaled-out group (see :meth:`Monitor.run`)."""
     if not state_dir:
         raise CheckpointError("a scaled-out worker needs a state directory shared by the group (--state-dir): "
@@ -168,20 +197,22 @@ def run_partitioned(monitor: "Monitor", source: Any, *, state_dir: str | None, c
     worker = PartitionWorker(monitor, source, state_dir, checkpoint_interval=checkpoint_interval)
     monitor._worker, monitor._source = worker, source
     source.listen(worker)
+    background = background_checkpoints and hasattr(os, "fork")
     last_checkpoint = last_publish = time.monotonic()
     try:
         while not monitor._stop.is_set() and not (until and until()):
             batch = source.poll(max_records, poll_timeout)
             if batch:
                 worker.process(batch)
+            worker.collect()
             now = time.monotonic()
-            if now - last_checkpoint >= checkpoint_interval:
-                worker.checkpoint()
+            if now - last_checkpoint >= checkpoint_interval and worker._writing is None:
+                worker.checkpoint(background=background)
                 last_checkpoint = last_publish = now
             elif now - last_publish >= publish_interval:
                 worker.publish()
                 last_publish = now
-        worker.checkpoint()
+        worker.checkpoint()  # a clean stop: everything read, saved before this worker leaves the group
     finally:
         monitor._stop.clear()
         monitor._source = None
