@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .events import Event, Prediction
-from .join import DUPLICATE, JoinStore
+from .events import Event
+from .join import JoinStore, Joined
 from .panes import Grouped, WindowState, group_rows, make_state
 from .registry import Feed, Tracked
 from .windows import Sliding
@@ -45,6 +45,31 @@ class SeriesKeys:
         if code is None:
             code = self._intern(key)
         return code
+
+    def codes(self, events: Sequence[Event], everyone: bool) -> list[int]:
+        """:meth:`code` of each prediction in ``events`` (and of each feedback if ``everyone``,
+        else -1), in order, so the cardinality guard sees values in arrival order."""
+        known, segments, code = self._codes, self.segments, self.code
+        out = []
+        append = out.append
+        one = segments[0] if len(segments) == 1 else None
+        for ev in events:
+            if ev.kind == "prediction":
+                model, segment = ev.model, ev.segment
+            elif everyone:
+                model, segment = ev.model or "default", None
+            else:
+                append(-1)
+                continue
+            # The key of code() for the usual shapes, looked up without a call.
+            if one is not None:
+                c = known.get((model, segment.get(one, "") if segment else ""))
+            elif not segments:
+                c = known.get(model)
+            else:
+                c = None
+            append(code(model, segment) if c is None else c)
+        return out
 
     def _intern(self, key: Any) -> int:
         values = key if isinstance(key, tuple) else (key,)
@@ -116,6 +141,59 @@ def _score_value(score: Any) -> Any:
     return score
 
 
+class _Batch:
+    """One batch, joined: its rows by stream, with each column built once, when first asked for."""
+
+    def __init__(self, events: Sequence[Event], is_pred: list[bool], ids: list[str], times: list[float],
+                 nows: list[float], codes: list[int], values: list[Any], scores: list[Any], joined: Joined) -> None:
+        self.events, self.values, self.scores, self.joined = events, values, scores, joined
+        self.ids = _objects(ids)
+        self.times = np.array(times, dtype=np.float64)
+        self.nows = np.array(nows, dtype=np.float64)
+        self.codes = np.array(codes, dtype=np.int64)
+        kinds = np.array(is_pred, dtype=bool)
+        accepted = np.array(joined.accepted, dtype=bool)
+        self.rows = {"prediction": np.flatnonzero(kinds & accepted), "feedback": np.flatnonzero(~kinds & accepted)}
+        self.at = np.array(joined.at, dtype=np.int64)
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    def count(self, stream: str) -> int:
+        return len(self.at) if stream == "pair" else len(self.rows[stream])
+
+    def column(self, stream: str, name: str) -> Any:
+        """A column of ``stream``'s rows: a list of values for ``name``, or an array for the row keys."""
+        key = (stream, name)
+        got = self._cache.get(key)
+        if got is None:
+            got = self._cache[key] = self._build(stream, name)
+        return got
+
+    def _build(self, stream: str, name: str) -> Any:
+        j = self.joined
+        if stream == "pair":
+            pair_cols = {"pred_ts": j.pred_ts, "fb_ts": j.fb_ts, "y_true": j.y_true, "y_pred": j.y_pred, "score": j.score}
+            if name in pair_cols:
+                return pair_cols[name] if name in ("y_true", "y_pred", "score") else np.array(pair_cols[name], dtype=np.float64)
+            if name == "delay":
+                return self.column("pair", "fb_ts") - self.column("pair", "pred_ts")
+            if name == "codes":
+                return np.array(j.code, dtype=np.int64)
+            return getattr(self, name)[self.at]  # ids, nows
+        rows = self.rows[stream]
+        if name in ("ids", "times", "nows", "codes"):
+            return getattr(self, name)[rows]
+        idx = rows.tolist()
+        if name in ("prediction", "label"):
+            values = self.values
+            return [values[i] for i in idx]
+        if name == "score":
+            scores = self.scores
+            return [_score_value(scores[i]) for i in idx]
+        feature = name[len("features."):]
+        events = self.events
+        return [(events[i].features or _NO_SEGMENT).get(feature) for i in idx]
+
+
 class Engine:
     """Holds the state of one monitor (join store, window states, counters) and applies batches."""
 
@@ -144,52 +222,47 @@ class Engine:
     # -- one batch --------------------------------------------------------------------------
     def apply(self, events: Sequence[Event]) -> None:
         started = time.perf_counter()
-        store, keys = self.store, self.keys
-        now = self.stream_time
-        preds: list[tuple[Prediction, int, float]] = []
-        fbs: list[tuple[Event, int, float]] = []
-        pairs: list[tuple] = []
-        pair_now: list[float] = []
-        dup_p = dup_f = 0
-        for ev in events:
-            if ev.ts > now:
-                now = ev.ts
-            if ev.kind == "prediction":
-                code = keys.code(ev.model, ev.segment)
-                got = store.add_prediction(ev.id, ev.ts, code, ev.prediction, ev.score, now)
-                if got is DUPLICATE:
-                    dup_p += 1
-                    continue
-                preds.append((ev, code, now))
-            else:
-                got = store.add_feedback(ev.id, ev.ts, ev.label, now)
-                if got is DUPLICATE:
-                    dup_f += 1
-                    continue
-                fbs.append((ev, keys.code(ev.model or "default", None), now))
-            if got is not None:
-                pairs.append(got)
-                pair_now.append(now)
-        self.stream_time = now
-        events_count = self.health.events
-        events_count[("predictions", "accepted")] += len(preds)
-        events_count[("feedback", "accepted")] += len(fbs)
-        events_count[("predictions", "duplicate")] += dup_p
-        events_count[("feedback", "duplicate")] += dup_f
-        store.expire(now)
-        self._feed_windows(now, preds, fbs, pairs, pair_now)
+        if events:
+            self._apply(events)
+        else:
+            self._feed_windows(None)
         self.health.observe_batch(time.perf_counter() - started)
 
-    def _feed_windows(self, now, preds, fbs, pairs, pair_now) -> None:
+    def _apply(self, events: Sequence[Event]) -> None:
+        # Attributes are read into lists once, so the join and the columns work on plain lists and arrays.
+        is_pred = [ev.kind == "prediction" for ev in events]
+        ids = [ev.id for ev in events]
+        times = [ev.ts for ev in events]
+        # Stream time at each event: the running maximum of event times.
+        nows = np.maximum.accumulate(np.array([self.stream_time, *times], dtype=np.float64))[1:].tolist()
+        values = [ev.prediction if p else ev.label for ev, p in zip(events, is_pred)]
+        scores = [ev.score if p else None for ev, p in zip(events, is_pred)]
+        reads_feedback = any(t.feed.stream == "feedback" for t, _ in self.metrics)
+        codes = self.keys.codes(events, reads_feedback)
+        joined = self.store.join(is_pred, ids, times, codes, values, scores, nows)
+        self.stream_time = now = nows[-1]
+        batch = _Batch(events, is_pred, ids, times, nows, codes, values, scores, joined)
+        n_pred = int(np.count_nonzero(is_pred))
+        accepted_pred, accepted_fb = len(batch.rows["prediction"]), len(batch.rows["feedback"])
+        events_count = self.health.events
+        events_count[("predictions", "accepted")] += accepted_pred
+        events_count[("feedback", "accepted")] += accepted_fb
+        events_count[("predictions", "duplicate")] += n_pred - accepted_pred
+        events_count[("feedback", "duplicate")] += len(events) - n_pred - accepted_fb
+        self.store.expire(now)
+        self._feed_windows(batch)
+
+    def _feed_windows(self, batch: _Batch | None) -> None:
         # Columns and their grouping by (series, pane) are built once per batch and shared by every
         # metric that reads the same columns in the same window.
+        now = self.stream_time
         columns_of: dict[tuple, _Columns | None] = {}
         grouped_of: dict[tuple, Grouped] = {}
         late_seen: set[tuple] = set()
         for tracked, states in self.metrics:
             feed = tracked.feed
             if feed.key not in columns_of:
-                columns_of[feed.key] = self._columns(feed, preds, fbs, pairs, pair_now)
+                columns_of[feed.key] = self._columns(feed, batch) if batch is not None else None
             columns = columns_of[feed.key]
             for state in states:
                 state.advance(now)
@@ -209,53 +282,33 @@ class Engine:
                         window, now, columns.codes, columns.times, columns.cols, columns.ids)
                 state.add(grouped)
 
-    def _columns(self, feed: Feed, preds, fbs, pairs, pair_now) -> _Columns | None:
-        if feed.stream == "pair":
-            rows, nows = pairs, pair_now
-            if not rows:
-                return None
-            # Pair = (pred ts, fb ts, code, y_true, y_pred, score, id)
-            pred_ts, fb_ts, codes, y_true, y_pred, score, ids = zip(*rows)
-            times = np.array(pred_ts if feed.time == "prediction" else fb_ts, dtype=np.float64)
-            named = {"y_true": y_true, "y_pred": y_pred, "score": score}
-            if "delay" in feed.fields:
-                named["delay"] = np.subtract(fb_ts, pred_ts)
-            nows_a = np.array(nows, dtype=np.float64)
-        elif feed.stream == "prediction":
-            if not preds:
-                return None
-            evs, codes, nows = zip(*preds)
-            times = np.array([e.ts for e in evs], dtype=np.float64)
-            ids = [e.id for e in evs]
-            (field_name,) = feed.fields
-            if field_name == "prediction":
-                values = [e.prediction for e in evs]
-            elif field_name == "score":
-                values = [_score_value(e.score) for e in evs]
-            else:
-                feature = field_name[len("features."):]
-                values = [(e.features or {}).get(feature) for e in evs]
-            named = {field_name: values}
-            nows_a = np.array(nows, dtype=np.float64)
+    def _columns(self, feed: Feed, batch: _Batch) -> _Columns | None:
+        stream = feed.stream
+        if not batch.count(stream):
+            return None
+        column = batch.column
+        if stream == "pair":
+            times = column("pair", "pred_ts" if feed.time == "prediction" else "fb_ts")
         else:
-            if not fbs:
-                return None
-            evs, codes, nows = zip(*fbs)
-            times = np.array([e.ts for e in evs], dtype=np.float64)
-            ids = [e.id for e in evs]
-            named = {"label": [e.label for e in evs]}
-            nows_a = np.array(nows, dtype=np.float64)
-        codes_a = np.array(codes, dtype=np.int64)
-        ids_a = _objects(list(ids))
-        cols = [self._column(named[f]) for f in feed.fields]
+            times = column(stream, "times")
+        codes, ids, nows = column(stream, "codes"), column(stream, "ids"), column(stream, "nows")
+        cols = [self._typed(batch, stream, f) for f in feed.fields]
         all_times = times
         if "score" in feed.fields and not feed.keep_missing:
             # Rows without a score cannot feed a score metric; they are left out of it (its _count shows it).
-            has = np.array([v is not None for v in named["score"]], dtype=bool)
+            has = np.array([v is not None for v in column(stream, "score")], dtype=bool)
             if not has.all():
-                codes_a, times, ids_a = codes_a[has], times[has], ids_a[has]
+                codes, times, ids = codes[has], times[has], ids[has]
                 cols = [c[has] for c in cols]
-        return _Columns(codes_a, times, cols, ids_a, all_times, nows_a)
+        return _Columns(codes, times, cols, ids, all_times, nows)
+
+    def _typed(self, batch: _Batch, stream: str, name: str) -> np.ndarray:
+        # The typed array of a column, cached beside the raw one: several feeds read y_true or score.
+        key = (stream, "typed " + name)
+        got = batch._cache.get(key)
+        if got is None:
+            got = batch._cache[key] = self._column(batch.column(stream, name))
+        return got
 
     @staticmethod
     def _column(values: Any) -> np.ndarray:

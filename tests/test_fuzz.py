@@ -31,6 +31,7 @@ import streammon as sm
 from streammon import EventError, Feedback, Prediction, decode_event
 from streammon import operators as ops
 from streammon.connectors import MemoryDeadLetter, Message
+from streammon.join import DUPLICATE, MemoryJoinStore
 
 T0 = 1_700_000_000.0
 IDS = ("a", "b", "c", "d", "é", "id-" + "x" * 600)  # few ids, so joins and duplicates happen; one too long
@@ -242,3 +243,37 @@ def test_any_input_is_counted_once_and_never_crashes(sent, cuts):
         reason.encode("utf-8")
     rejected = [m for m, _ in dead.items]
     assert all(any(m is r for r in rejected) for m in sent if not _accepted_alone(m, time.time()))
+
+
+# -- the join store's batch path ---------------------------------------------------------------
+join_ops = st.lists(st.tuples(st.booleans(), st.integers(0, 30), st.integers(0, 100), st.integers(0, 1),
+                              st.sampled_from([None, 0.25, 1, {"a": 0.5}])), max_size=200)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(join_ops, st.integers(1, 40), st.lists(st.integers(1, 60), min_size=1, max_size=8), st.booleans())
+def test_a_batch_join_answers_as_events_one_by_one(ops_, max_pending, cuts, remember):
+    # Oracle: the same store fed one event at a time (itself checked against a dict model in
+    # test_join.py); batches are cut anywhere, with same-batch joins, duplicates and evictions.
+    def store():
+        return MemoryJoinStore(feedback_ttl=40, prediction_ttl=15, max_pending=max_pending, remember_joined=remember)
+    one, batched = store(), store()
+    now, want, rows = 0.0, [], []
+    for is_pred, key, ts, value, score in ops_:
+        now = max(now, float(ts))
+        id_ = f"id{key}"
+        got = one.add_prediction(id_, float(ts), key % 3, value, score, now) if is_pred else one.add_feedback(id_, float(ts), value, now)
+        want.append(got)
+        rows.append((is_pred, id_, float(ts), key % 3, value, score if is_pred else None, now))
+    got, start = [], 0
+    while start < len(rows):
+        batch = rows[start:start + cuts[len(got) % len(cuts)]]
+        start += len(batch)
+        joined = batched.join(*map(list, zip(*batch)))
+        pairs = {i: (p, f, c, t, y, s, batch[i][1]) for i, p, f, c, t, y, s in zip(*joined[1:])}
+        got += [DUPLICATE if not ok else pairs.get(i) for i, ok in enumerate(joined.accepted)]
+        batched.expire(batch[-1][-1])  # as the engine sweeps after each batch: no answer may change
+    assert got == want
+    for store_ in (one, batched):
+        store_.expire(now)
+    assert (batched.pending_predictions, batched.pending_feedback, batched.counts) == (one.pending_predictions, one.pending_feedback, one.counts)
