@@ -264,7 +264,8 @@ def _produce(args: argparse.Namespace) -> int:
 
     try:
         producer = EventProducer(args.bootstrap_servers, predictions_topic=args.predictions_topic or "predictions",
-                                 feedback_topic=args.feedback_topic or "feedback", compression=args.compression)
+                                 feedback_topic=args.feedback_topic or "feedback", compression=args.compression,
+                                 **dict(args.kafka_option))
     except RegistrationError as exc:
         source.close()
         raise _UsageError(str(exc)) from exc
@@ -371,6 +372,8 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--compression", choices=("gzip", "lz4", "zstd", "none"), default="gzip",
                          help="compression of message batches (default gzip)")
     produce.add_argument("--rate", type=float, metavar="EVENTS_PER_S", help="send at most this many events per second")
+    produce.add_argument("--kafka-option", "-X", type=_kafka_option, action="append", default=[], metavar="KEY=VALUE",
+                         help="a kafka-python producer setting, e.g. security_protocol=SASL_SSL (repeatable)")
     produce.set_defaults(handler=_produce)
 
     add_generate_commands(commands)

@@ -238,3 +238,16 @@ def test_run_serves_the_replayed_values_until_sigterm(events, events_file):
         served = {tuple(sorted(s.labels.items())): s.value for s in families[name] if s.name == name}
         local = {tuple(sorted(s.labels.items())): s.value for s in expected if s.name == name}
         assert served == local and served
+
+
+def test_kafka_options_reach_the_client_and_a_wrong_name_is_reported(tmp_path, capsys):
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"id": "a", "ts": 1, "prediction": 1}\n')
+    assert main(["produce", str(events), "--bootstrap-servers", "127.0.0.1:1", "-X", "no_such_setting=1"]) == 2
+    assert "'no_such_setting' is not a kafka-python producer setting" in capsys.readouterr().err
+    code = main(["run", "tests/kafka_app.py:monitor", "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0",
+                 "-X", "no_such_setting=1", "-X", "session_timeout_ms=2000"])
+    assert code == 1 and "Unrecognized configs: {'no_such_setting'}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "tests/kafka_app.py:monitor", "--bootstrap-servers", "127.0.0.1:1", "-X", "oops"])
+    assert exit_.value.code == 2 and "'oops' is not KEY=VALUE" in capsys.readouterr().err
