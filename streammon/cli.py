@@ -210,11 +210,16 @@ def _export(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _kafka_dead_letter(monitor: Monitor, args: argparse.Namespace) -> Iterator[None]:
+    options = dict(args.kafka_option)
     if args.kafka_client == "confluent":
         from .connectors.kafka_confluent import ConfluentKafkaDeadLetter as DeadLetter
     else:
+        from kafka import KafkaProducer
+
         from .connectors.kafka import KafkaDeadLetter as DeadLetter
-    sink = DeadLetter(args.bootstrap_servers, topic=args.dead_letter_topic)
+        # The same connection and security settings as the consumer; consumer-only ones stay out.
+        options = {k: v for k, v in options.items() if k in KafkaProducer.DEFAULT_CONFIG}
+    sink = DeadLetter(args.bootstrap_servers, topic=args.dead_letter_topic, **options)
     monitor.dead_letter = sink
     try:
         yield
