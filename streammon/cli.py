@@ -156,8 +156,6 @@ def _kafka_source(args: argparse.Namespace):
         from .connectors.kafka import KafkaSource as Source
     options: dict[str, Any] = dict(args.kafka_option)
     if args.scale_out:
-        if args.kafka_client == "confluent":
-            raise _UsageError("--scale-out works with --kafka-client kafka-python (the default) in this release")
         if not args.group or not args.state_dir:
             raise _UsageError("--scale-out needs --group NAME (the workers' consumer group) and --state-dir DIR "
                               "(a directory every worker of the group shares)")

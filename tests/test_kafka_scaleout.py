@@ -29,16 +29,24 @@ from tests.worker_helpers import free_port, scrape, wait_for
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
 APP = "tests/kafka_app.py:monitor"
-# tansu completes a rebalance in session_timeout / 2 (design section 10): keep it short here.
 _KIND = {"predictions": "prediction", "feedback": "feedback"}
-FAST_GROUP = ["-X", "session_timeout_ms=2000", "-X", "heartbeat_interval_ms=500"]
+# Each client's options, with a short session: tansu completes a rebalance in session_timeout / 2
+# (design section 10). Each client reads its own pair of topics.
+CLIENTS = {
+    "kafka-python": ["-X", "session_timeout_ms=2000", "-X", "heartbeat_interval_ms=500"],
+    "confluent": ["--kafka-client", "confluent", "-X", "session.timeout.ms=2000", "-X", "heartbeat.interval.ms=500"],
+}
+
+
+def topics_of(client: str) -> dict[str, str]:
+    return {"predictions": f"predictions-{client}", "feedback": f"feedback-{client}"}
 
 
 @pytest.fixture(scope="module")
 def broker():
     with EmbeddedBroker() as b:
         admin = KafkaAdminClient(bootstrap_servers=b.bootstrap_servers)
-        admin.create_topics([NewTopic("predictions", PARTITIONS, 1), NewTopic("feedback", PARTITIONS, 1)])
+        admin.create_topics([NewTopic(t, PARTITIONS, 1) for client in CLIENTS for t in topics_of(client).values()])
         admin.close()
         yield b
 
@@ -48,9 +56,11 @@ def _spawn(args: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def start_worker(broker, state_dir, port, *extra: str) -> subprocess.Popen:
-    return _spawn(["run", APP, "--bootstrap-servers", broker.bootstrap_servers, "--group", "scaleout-test", "--scale-out",
-                   "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.5", *FAST_GROUP, *extra])
+def start_worker(broker, state_dir, port, client: str, *extra: str) -> subprocess.Popen:
+    topics = topics_of(client)
+    return _spawn(["run", APP, "--bootstrap-servers", broker.bootstrap_servers, "--group", f"scaleout-{client}", "--scale-out",
+                   "--topics", f"{topics['predictions']},{topics['feedback']}", "--state-dir", str(state_dir),
+                   "--metrics-port", str(port), "--checkpoint-interval", "0.5", *CLIENTS[client], *extra])
 
 
 def stop(process: subprocess.Popen, sig=signal.SIGTERM) -> None:
@@ -69,11 +79,12 @@ def owned(port: int) -> dict[str, set[int]]:
     for (name, labels), _ in scrape(port).items():
         if name == "streammon_consumer_lag":
             labels = dict(labels)
-            found[labels["topic"]].add(int(labels["partition"]))
+            found[labels["topic"].split("-", 1)[0]].add(int(labels["partition"]))  # predictions-<client> -> predictions
     return found
 
 
-def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exact(broker, tmp_path):
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exact(broker, tmp_path, client):
     events = make_events(25_000, seed=11)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, compression_type="gzip", linger_ms=20)
     done = threading.Event()
@@ -81,7 +92,7 @@ def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exa
     def produce():
         for i in range(0, len(events), 1500):  # ~ 15 s, so the group changes while events flow
             for topic, key, value in events[i:i + 1500]:
-                producer.send(topic, key=key.encode(), value=value)
+                producer.send(topics_of(client)[topic], key=key.encode(), value=value)
             producer.flush()
             time.sleep(0.4)
         done.set()
@@ -93,14 +104,14 @@ def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exa
     try:
         threading.Thread(target=produce, daemon=True).start()
         # --prefetch: this worker reads Kafka in a child process; stopped below, it must leave cleanly.
-        workers.append(start_worker(broker, tmp_path, ports[0], "--prefetch"))
+        workers.append(start_worker(broker, tmp_path, ports[0], client, "--prefetch"))
         wait_for(lambda: owned(ports[0])["predictions"] == set(range(PARTITIONS)), 30, "the first worker to own every partition")
         time.sleep(2)
         # This one reads Kafka in a child process (--prefetch): rebalances reach it through the pipe,
         # and when it is SIGKILLed below, its orphaned reader must leave the group too.
-        workers.append(start_worker(broker, tmp_path, ports[1], "--prefetch"))
+        workers.append(start_worker(broker, tmp_path, ports[1], client, "--prefetch"))
         time.sleep(3)
-        workers.append(start_worker(broker, tmp_path, ports[2]))
+        workers.append(start_worker(broker, tmp_path, ports[2], client))
 
         def spread():  # three workers share the four partitions, partition i of both topics together
             seen = [owned(p) for p in ports]
@@ -117,7 +128,7 @@ def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exa
         # A crash too: the group notices after the session timeout, and a new worker resumes from checkpoints.
         workers[1].send_signal(signal.SIGKILL)
         workers[1].wait()
-        workers.append(start_worker(broker, tmp_path, ports[0]))
+        workers.append(start_worker(broker, tmp_path, ports[0], client))
         assert not done.is_set(), "the stream ended before the crash: the test proves less than it says"
         assert done.wait(120), "producer did not finish"
 

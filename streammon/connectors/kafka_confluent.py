@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from ..errors import SourceError
-from .base import Message
+from .base import Message, RebalanceListener
 from .kafka import CachedHealth, check_co_partitioned, dead_letter_record
 
 __all__ = ["ConfluentKafkaSource", "ConfluentKafkaDeadLetter"]
@@ -96,9 +96,11 @@ class ConfluentKafkaSource(CachedHealth):
 
     def __init__(self, bootstrap_servers: str | list[str], *, predictions_topic: str = "predictions",
                  feedback_topic: str = "feedback", group_id: str = "streammon", metadata_timeout: float = 30.0,
-                 **settings: Any) -> None:
+                 scale_out: bool = False, **settings: Any) -> None:
         ck = self._ck = _confluent()
         self.topics = {predictions_topic: "prediction", feedback_topic: "feedback"}
+        self.scale_out = scale_out
+        self._listener: RebalanceListener | None = None
         self.bootstrap_servers = _servers(bootstrap_servers)
         self._errors, self._message_errors = _Throttled(), _Throttled()
         # Set before the consumer exists: librdkafka may call back as soon as it does.
@@ -114,6 +116,10 @@ class ConfluentKafkaSource(CachedHealth):
             "statistics.interval.ms": 1000,  # broker states for `connected`
             "logger": logging.getLogger("streammon.librdkafka"),
         }
+        if scale_out:
+            # Range gives each member the same partition numbers of every topic it subscribes to: with
+            # equal partition counts, partition i of both topics goes to one worker (co-partitioning).
+            config["partition.assignment.strategy"] = "range"
         config.update(settings)
         config["stats_cb"] = _chain(self._on_stats, settings.get("stats_cb"))
         config["error_cb"] = _chain(self._on_error, settings.get("error_cb"))
@@ -125,12 +131,16 @@ class ConfluentKafkaSource(CachedHealth):
                               f"{_describe(exc)}") from exc
         try:
             self._partitions = self._wait_for_partitions(metadata_timeout)
-            # No offsets yet: librdkafka starts from the group's committed offsets, else per auto.offset.reset.
-            self._consumer.assign(self._partitions)
+            if not scale_out:
+                # No offsets yet: librdkafka starts from the group's committed offsets, else per auto.offset.reset.
+                self._consumer.assign(self._partitions)
         except BaseException:
             self._consumer.close()
             raise
-        self._start = self._committed(min(metadata_timeout, 10.0))
+        if scale_out:
+            self._partitions = []  # until the group assigns some
+        else:
+            self._start = self._committed(min(metadata_timeout, 10.0))
         self._low_if_unknown = str(config["auto.offset.reset"]).lower() in ("earliest", "smallest", "beginning")
 
     def _wait_for_partitions(self, timeout: float) -> list[Any]:
@@ -193,6 +203,39 @@ class ConfluentKafkaSource(CachedHealth):
             self._connected = True  # messages prove it, even with librdkafka's statistics turned off
         self._refresh_lag()
         return batch
+
+    def listen(self, listener: RebalanceListener) -> None:
+        """Join the consumer group (``scale_out=True`` only); ``listener`` hears of every assignment change."""
+        if not self.scale_out:
+            raise SourceError("listen() needs ConfluentKafkaSource(..., scale_out=True): without it this worker reads every partition")
+        self._listener = listener
+        self._consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
+
+    # Called by librdkafka inside consume(), like kafka-python's listener inside poll().
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        ck = self._ck
+        numbers = sorted({tp.partition for tp in partitions})
+        offsets = self._listener.assigned(numbers) if numbers and self._listener else {}
+        placed = [ck.TopicPartition(tp.topic, tp.partition, offsets.get((tp.topic, tp.partition), ck.OFFSET_BEGINNING))
+                  for tp in partitions]
+        consumer.assign(placed)
+        self._partitions = [ck.TopicPartition(tp.topic, tp.partition) for tp in placed]
+        self._start = {(tp.topic, tp.partition): tp.offset for tp in placed if tp.offset >= 0}
+        self._low_if_unknown, self._lag = True, {}
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        numbers = sorted({tp.partition for tp in partitions})
+        if numbers and self._listener is not None:
+            self._listener.revoked(numbers)
+        self._partitions, self._lag = [], {}
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        numbers = sorted({tp.partition for tp in partitions})
+        lose = getattr(self._listener, "lost", None)
+        if numbers and lose is not None:
+            lose(numbers)
+        self._partitions, self._lag = [], {}
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Resume at ``{(topic, partition): next offset}`` (from a checkpoint); others start from the beginning."""

@@ -247,9 +247,10 @@ def _child(factory: Callable[[], Any], conn: Any, depth: int, max_records: int) 
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
+    child = _Child(source, conn, depth, max_records)
     try:
         conn.send(("ready", bool(getattr(source, "scale_out", False)), callable(getattr(source, "seek", None))))
-        _Child(source, conn, depth, max_records).run()
+        child.run()
     except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the parent went away
         pass
     except Exception as exc:  # noqa: BLE001
@@ -259,4 +260,5 @@ def _child(factory: Callable[[], Any], conn: Any, depth: int, max_records: int) 
         except OSError:
             pass
     finally:
+        child.running = False  # the consumer's revocation as it closes asks no one
         source.close()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import numpy as np
 
-from .base import Capabilities, capabilities, fresh_copy
+from .base import capabilities, fresh_copy
 from .stats import Mean
 
 __all__ = ["Finalized", "PerEventMean"]
