@@ -192,6 +192,14 @@ class PartialsExporter:
         return {p: max(0.0, now - part["written"]) for p, part in self.latest.items()}
 
 
+def published_lineage(directory: Path, partition: int, engine: Engine) -> str | None:
+    """The lineage of the partials last published for ``partition``, if any can be read."""
+    try:
+        return loads((directory / PARTIALS.format(partition)).read_bytes(), engine)["lineage"]
+    except (OSError, CheckpointError, EOFError, ValueError, KeyError):
+        return None
+
+
 def write_partials(directory: Path, partition: int, data: bytes) -> None:
     # Partials can be rebuilt from the checkpoint, so they skip the fsync that checkpoints pay for.
     write_atomically(directory / PARTIALS.format(partition), data, durable=False)

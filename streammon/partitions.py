@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from .checkpoint import BackgroundWrite, Checkpointer, CheckpointError, dump_engine
 from .connectors.base import Message
 from .engine import Engine, Health
-from .partials import dump_partials, require_mergeable, write_partials
+from .partials import dump_partials, published_lineage, require_mergeable, write_partials
 
 if TYPE_CHECKING:
     from .monitor import Monitor
@@ -107,7 +107,10 @@ class PartitionWorker:
             offsets = checkpointer.restore(engine)
             self.monitor._apply_settings_to_restored_state(engine)
         if checkpointer.lineage is None:
-            checkpointer.lineage = uuid.uuid4().hex
+            # No checkpoint yet: a worker that died before its first one may have published partials
+            # ahead of this fresh start. Taking their lineage keeps them shown until this one catches
+            # up, rather than stepping the metric back to zero.
+            checkpointer.lineage = published_lineage(self.directory, number, engine) or uuid.uuid4().hex
         partition = Partition(number, engine, checkpointer, checkpointer.lineage, dict(offsets or {}))
         self.partitions[number] = partition
         return partition

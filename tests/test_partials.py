@@ -165,3 +165,32 @@ def test_partition_numbers_are_spread_evenly_and_stay_where_they_were(members, c
     assert max(sizes) - min(sizes) <= 1
     # Stickiness: an unchanged group keeps its assignment as it is.
     assert assign_partition_numbers(members, count, got) == got
+
+
+def test_a_fresh_start_after_a_worker_died_before_its_first_checkpoint_does_not_step_the_metric_back(tmp_path):
+    from streammon.connectors import MemorySource
+    from streammon.partitions import PartitionWorker
+
+    def app():
+        monitor = sm.Monitor("x", windows=[sm.Cumulative()])
+        monitor.track(ops.Count(of="prediction"), name="n")
+        return monitor
+    messages = [Message({"id": f"p{i}", "ts": i, "prediction": 1}, topic="predictions", partition=0, offset=i) for i in range(10)]
+    first = PartitionWorker(app(), MemorySource([]), str(tmp_path), checkpoint_interval=60)
+    first.assigned([0])
+    first.process(messages)
+    first.publish()  # partials out, no checkpoint yet: then the worker is killed
+    viewer = app()
+    exporter = PartialsExporter(viewer, str(tmp_path))
+    exporter.refresh()
+    assert viewer.value("n") == 10
+    second = PartitionWorker(app(), MemorySource([]), str(tmp_path), checkpoint_interval=60)
+    assert second.assigned([0]) == {}  # nothing saved: it starts partition 0 from the beginning
+    second.process(messages[:4])
+    second.publish()
+    exporter.refresh()
+    assert viewer.value("n") == 10  # the newer partials stay until the fresh start catches up
+    second.process(messages[4:])
+    second.publish()
+    exporter.refresh()
+    assert viewer.value("n") == 10 and exporter.latest[0]["lineage"] == second.partitions[0].lineage
