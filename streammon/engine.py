@@ -22,6 +22,7 @@ log = logging.getLogger("streammon")
 OTHER = "__other__"
 PROCESSING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _NO_SEGMENT: dict[str, str] = {}
+_ACCEPTED_AND_DUPLICATE = [(topic, outcome) for outcome in ("accepted", "duplicate") for topic in ("predictions", "feedback")]
 
 
 class SeriesKeys:
@@ -225,6 +226,8 @@ class Engine:
         if events:
             self._apply(events)
         else:
+            for key in _ACCEPTED_AND_DUPLICATE:  # the counters exist from the first batch on, at zero
+                self.health.events[key] += 0
             self._feed_windows(None)
         self.health.observe_batch(time.perf_counter() - started)
 
