@@ -1,16 +1,19 @@
 """Benchmarks of streammon on Kafka: ``python bench/kafka_bench.py [--quick]``.
 
 Measures, in one run, on the embedded tansu broker: (1) one worker's end-to-end events/s
-(``Monitor.run(KafkaSource(...))`` with the realistic metric set) beside a bare kafka-python
-consumer of the same messages and ``Monitor.process`` on them without Kafka, gzip and uncompressed,
-in alternating rounds, with a cProfile of the worker; (2) no scale-out figure: this release has no
-consumer-group scale-out, so only one worker is measured; (3) freshness: feedback sent to its effect
-on ``/metrics`` of a ``streammon run`` worker under a steady background load; (4) recovery after
-SIGKILL with many pending predictions: restart to ``/metrics`` showing them all again, snapshot size
-and write time. Writes bench/results/kafka.json and its section of docs/benchmarks.md (``--quick``:
+(``Monitor.run(KafkaSource(...))`` with the realistic metric set, and with its source in a child
+process as ``streammon run --prefetch`` runs it) beside a bare kafka-python consumer of the same
+messages and ``Monitor.process`` on them without Kafka, gzip and uncompressed, in rounds whose
+order rotates, with a cProfile of the worker; (2) scale-out: one pre-produced stream read to
+its end by a group of 1, then 2, ``streammon run --scale-out`` worker processes, timed on the
+``streammon export`` metrics, the order alternating across rounds; (3) freshness: feedback sent to
+its effect on ``/metrics`` of a ``streammon run`` worker under a steady background load, with the
+worker's fetch wait and with kafka-python's default; (4) recovery after SIGKILL with many pending
+predictions: restart to ``/metrics`` showing them all again, snapshot size and write time. Writes
+bench/results/kafka.json and its section of docs/benchmarks.md (``--quick``:
 bench/results/kafka_quick.json only). No figure is asserted in any test.
-Beside it: kafka_common (app, stream, topics), kafka_live (the worker subprocesses: 3 and 4),
-kafka_report (machine, Markdown).
+Beside it: kafka_common (app, stream, topics), kafka_scaling (2), kafka_live (the worker
+subprocesses: 3 and 4), kafka_report (machine, Markdown).
 """
 
 from __future__ import annotations
@@ -24,14 +27,18 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kafka_common import BATCH, BENCH, PARTITIONS, ROOT, create_topics, produce, realistic_monitor, the_stream  # noqa: E402
+from kafka_common import (  # noqa: E402
+    BATCH, BENCH, PARTITIONS, ROOT, cpu_seconds, create_topics, produce, realistic_monitor, the_stream,
+)
 from kafka_live import freshness, idle_fetch_wait, recovery  # noqa: E402
 from kafka_report import machine, render, same_metric_set, update_doc  # noqa: E402
+from kafka_scaling import scaling  # noqa: E402
 
 from streammon.connectors.broker import EmbeddedBroker  # noqa: E402
 
@@ -42,23 +49,27 @@ class Plan:
     rounds_gzip: int = 3
     rounds_plain: int = 2
     profile_events: int = 80_000
+    scaling_events: int = 400_000  # one worker takes ~10 s on them, so the exporter's ~1 s publish lag stays small
+    scaling_rounds: int = 6  # each: a group of 1 and a group of 2, the first alternating
     load_rate: float = 5_000.0  # background events/s while timing freshness
     warmup: float = 5.0
     samples: int = 220
-    samples_short_wait: int = 110  # again with fetch_max_wait_ms=100, to show what the broker's fetch wait costs
+    samples_long_wait: int = 110  # again with kafka-python's default fetch_max_wait_ms, to show what the fetch wait costs
+    long_wait_ms: int = 500
     pending: int = 1_000_000
 
 
-QUICK = Plan(events=30_000, rounds_gzip=1, rounds_plain=1, profile_events=10_000, warmup=2.0, samples=30, samples_short_wait=10,
-             pending=100_000)
+QUICK = Plan(events=30_000, rounds_gzip=1, rounds_plain=1, profile_events=10_000, scaling_events=60_000, scaling_rounds=2,
+             warmup=2.0, samples=30, samples_long_wait=10, pending=100_000)
 
 
 # -- 1. throughput --------------------------------------------------------------------------------
 class _Counted:
     """A source that counts what it hands out; ``done()`` (the monitor's ``until``) notes when all came."""
 
-    def __init__(self, source: Any, n: int) -> None:
+    def __init__(self, source: Any, n: int, child: int | None = None) -> None:
         self._source, self.n, self.read, self.finished = source, n, 0, None
+        self.child = child  # a process reading for it, whose CPU time counts too
 
     def poll(self, max_records: int, timeout: float) -> list:
         batch = self._source.poll(max_records, timeout)
@@ -67,7 +78,7 @@ class _Counted:
 
     def done(self) -> bool:
         if self.read >= self.n and self.finished is None:
-            self.finished = time.perf_counter(), time.process_time()
+            self.finished = time.perf_counter(), time.process_time() + cpu_seconds(self.child)
         return self.read >= self.n
 
     def __getattr__(self, name: str) -> Any:
@@ -91,13 +102,19 @@ def bare_consume(bootstrap: str, topics: tuple[str, str], n: int) -> dict[str, f
     return {"events": read, "seconds": wall, "events_per_s": read / wall, "events_per_cpu_s": read / cpu}
 
 
-def monitor_consume(bootstrap: str, topics: tuple[str, str], n: int, group: str) -> dict[str, float]:
-    """``Monitor.run(KafkaSource(...))`` in this process until ``n`` messages are read and processed."""
+def monitor_consume(bootstrap: str, topics: tuple[str, str], n: int, group: str, prefetch: bool = False) -> dict[str, float]:
+    """``Monitor.run(KafkaSource(...))`` in this process until ``n`` messages are read and processed; with
+    ``prefetch``, the source runs in a child process (``PrefetchingSource``, what ``streammon run --prefetch`` does).
+    CPU time counts the child's too. The clock starts once the source is ready, as it does for the bare consumer."""
     from streammon.connectors.kafka import KafkaSource
+    from streammon.connectors.prefetch import PrefetchingSource
 
-    source = _Counted(KafkaSource(bootstrap, predictions_topic=topics[0], feedback_topic=topics[1], group_id=group), n)
+    factory = partial(KafkaSource, bootstrap, predictions_topic=topics[0], feedback_topic=topics[1], group_id=group)
+    inner = PrefetchingSource(factory) if prefetch else factory()
+    child = inner._process.pid if prefetch else None  # noqa: SLF001 - its CPU time is counted
+    source = _Counted(inner, n, child)
     monitor = realistic_monitor()
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu = time.perf_counter(), time.process_time() + cpu_seconds(child)
     monitor.run(source, until=source.done)
     wall, cpu = source.finished[0] - wall, source.finished[1] - cpu
     accepted = sum(s.value for s in monitor.values() if s.name == "streammon_events_total" and s.labels["outcome"] == "accepted")
@@ -122,23 +139,25 @@ def throughput(bootstrap: str, plan: Plan, msgs: list, compression: str, rounds:
     log(f"{compression}: produced {made['messages']:,} messages at {made['messages_per_s']:,.0f}/s")
     out = []
     for r in range(rounds):
-        # Alternate which goes first, so a swing in the machine's load does not always hit the same one.
+        # Rotate which goes first, so a swing in the machine's load does not always hit the same one.
         row: dict[str, Any] = {}
-        order = ("bare", "monitor") if r % 2 == 0 else ("monitor", "bare")
-        for what in order:
+        whats = ("bare", "monitor", "prefetch")
+        for what in whats[r % 3:] + whats[:r % 3]:
             row[what] = (bare_consume(bootstrap, topics, len(msgs)) if what == "bare"
-                         else monitor_consume(bootstrap, topics, len(msgs), f"bench-{compression}-{r}"))
+                         else monitor_consume(bootstrap, topics, len(msgs), f"bench-{compression}-{what}-{r}", what == "prefetch"))
         if with_engine:
             row["engine"] = in_process(msgs)
-        row["ratio"] = row["monitor"]["events_per_s"] / row["bare"]["events_per_s"]
-        row["ratio_cpu"] = row["monitor"]["events_per_cpu_s"] / row["bare"]["events_per_cpu_s"]
+        for what, key in (("monitor", "ratio"), ("prefetch", "ratio_prefetch")):
+            row[key] = row[what]["events_per_s"] / row["bare"]["events_per_s"]
+            row[key + "_cpu"] = row[what]["events_per_cpu_s"] / row["bare"]["events_per_cpu_s"]
         out.append(row)
         log(f"{compression} round {r + 1}: bare {row['bare']['events_per_s']:,.0f}/s, monitor "
-            f"{row['monitor']['events_per_s']:,.0f}/s ({100 * row['ratio']:.0f} %)"
+            f"{row['monitor']['events_per_s']:,.0f}/s ({100 * row['ratio']:.0f} %), with prefetch "
+            f"{row['prefetch']['events_per_s']:,.0f}/s ({100 * row['ratio_prefetch']:.0f} %)"
             + (f", engine alone {row['engine']['events_per_s']:,.0f}/s" if with_engine else ""))
     return {"topics": list(topics), "produce": made, "rounds": out,
-            "ratio_median": statistics.median(r["ratio"] for r in out),
-            "ratio_cpu_median": statistics.median(r["ratio_cpu"] for r in out)}
+            **{key + "_median": statistics.median(r[key] for r in out)
+               for key in ("ratio", "ratio_cpu", "ratio_prefetch", "ratio_prefetch_cpu")}}
 
 
 def profile(bootstrap: str, compression: str, n: int) -> dict:
@@ -160,9 +179,9 @@ def profile(bootstrap: str, compression: str, n: int) -> dict:
     # (label, file, function, own time only?); an indented label is a part of the row above it
     steps = [("KafkaSource.poll", "streammon/connectors/kafka.py", "poll", False),
              ("  kafka-python KafkaConsumer.poll", "kafka/consumer/group.py", "poll", False),
-             ("    CRC32C check in pure Python (the crc32c package is not installed)", "kafka/record/_crc32c.py", "crc_update", False),
+             ("    CRC32C check of each record batch", "kafka/record/util.py", "calc_crc32c", False),
              ("  its own loop over the records", "streammon/connectors/kafka.py", "poll", True),
-             ("  Message.__init__ (a frozen dataclass: generated code)", "<string>", "__init__", False),
+             ("  Message(...) (a named tuple's generated __new__)", "<string>", "<lambda>", False),
              ("  KafkaSource._refresh_health", "streammon/connectors/kafka.py", "_refresh_health", False),
              ("Monitor.process", "streammon/monitor.py", "process", False),
              ("  decode_event (JSON, validation)", "streammon/events.py", "decode_event", False),
@@ -171,10 +190,10 @@ def profile(bootstrap: str, compression: str, n: int) -> dict:
     key = {}
     for label, file, func, own_only in steps:
         found = [own if own_only else cum for (f, _, fn), (_, _, own, cum, _) in stats.items() if f.endswith(file) and fn == func]
-        key[label] = max(found, default=0.0)
+        key[label] = max(found, default=None)  # None: not called (renamed or gone): the table says so
     return {"events": n, "run": run, "total_own_seconds": total,
             "by_area": [{"area": a, "own": s, "share": s / total} for a, s in sorted(areas.items(), key=lambda kv: -kv[1])],
-            "steps": [{"step": k, "cumulative": v, "share": v / total} for k, v in key.items()],
+            "steps": [{"step": k, "cumulative": v, "share": None if v is None else v / total} for k, v in key.items()],
             "top": sorted(rows, key=lambda x: -x["own"])[:25]}
 
 
@@ -190,7 +209,7 @@ def _short(file: str) -> str:
 def _area(file: str, func: str) -> str:
     if file == "~":  # a C function: name it by what it belongs to
         for mark, area in (("decompress", "zlib decompress (C)"), ("pydantic_core", "pydantic_core (C)"), ("numpy", "numpy (C)"),
-                           ("__setattr__", "object.__setattr__ (C; frozen dataclasses)"), ("select", "socket wait (C)"),
+                           ("crc32c", "crc32c (C)"), ("select", "socket wait (C)"),
                            ("recv", "socket I/O (C)"), ("send", "socket I/O (C)")):
             if mark in func:
                 return area
@@ -201,8 +220,18 @@ def _area(file: str, func: str) -> str:
     if short.startswith("kafka/"):
         return "kafka-python (" + "/".join(short.split("/")[1:-1] or ["kafka"]) + ")"
     if short == "<string>":
-        return "generated code (dataclass __init__)"
+        return "generated code (Message.__new__)"
     return short.split("/", 1)[0] + " (Python)"
+
+
+def background_checkpoints() -> bool:
+    """Whether ``Monitor.run`` (so ``streammon run``) has a forked child write its snapshots by default."""
+    import inspect
+
+    import streammon as sm
+
+    option = inspect.signature(sm.Monitor.run).parameters.get("background_checkpoints")
+    return bool(option is not None and option.default and hasattr(os, "fork"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     log = lambda m: print(f"[{time.perf_counter() - started:6.1f} s] {m}", flush=True)  # noqa: E731
     results: dict[str, Any] = {"command": "python bench/kafka_bench.py" + (" --quick" if args.quick else ""),
-                               "quick": args.quick, "machine": machine(), "plan": asdict(plan), "metric_set": same_metric_set()}
+                               "quick": args.quick, "machine": machine(), "plan": asdict(plan), "metric_set": same_metric_set(),
+                               "background_checkpoints": background_checkpoints()}
     log(f"machine: {results['machine']['cpu_model']}, load {results['machine']['load_average_at_start']}")
-    msgs = the_stream(plan.events)
+    stream = the_stream(max(plan.events, plan.scaling_events))
+    msgs = stream[:plan.events]  # the same stream's beginning
     # The input stays alive for the whole throughput part (a worker would not hold it): keep it out of the
     # cyclic GC, whose full passes would otherwise land on whatever allocates next.
     gc.collect()
@@ -227,17 +258,19 @@ def main(argv: list[str] | None = None) -> int:
         if plan.profile_events:
             results["profile"] = profile(bootstrap, "gzip", plan.profile_events)
             log(f"profiled {plan.profile_events:,} events")
-        del msgs
+        results["scaling"] = scaling(bootstrap, workdir, log, stream[:plan.scaling_events], rounds=plan.scaling_rounds,
+                                     broker_pid=broker._process.pid)  # noqa: SLF001 - its CPU time is reported
+        del msgs, stream
         gc.unfreeze()
         gc.collect()
-        results["idle_fetch_wait"] = [idle_fetch_wait(bootstrap, wait) for wait in (500, 100)]
+        results["idle_fetch_wait"] = [idle_fetch_wait(bootstrap, wait) for wait in (plan.long_wait_ms, 100)]
         log("idle topic, send -> poll: " + ", ".join(f"{1000 * x['median']:.0f} ms at fetch_max_wait_ms={x['fetch_max_wait_ms']}"
                                                      for x in results["idle_fetch_wait"]))
         load = dict(load_rate=plan.load_rate, warmup=plan.warmup)
         results["freshness"] = freshness(bootstrap, workdir, log, **load, samples=plan.samples)
-        if plan.samples_short_wait:
-            results["freshness_short_wait"] = freshness(bootstrap, workdir, log, **load, samples=plan.samples_short_wait,
-                                                        fetch_max_wait_ms=100)
+        if plan.samples_long_wait:
+            results["freshness_long_wait"] = freshness(bootstrap, workdir, log, **load, samples=plan.samples_long_wait,
+                                                       fetch_max_wait_ms=plan.long_wait_ms)
         results["recovery"] = recovery(bootstrap, workdir, log, n=plan.pending)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["seconds"] = time.perf_counter() - started

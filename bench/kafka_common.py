@@ -6,6 +6,7 @@ their app, and a restart's time should not include imports a real app would not 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ for _path in (str(ROOT), str(BENCH)):
 import streammon as sm  # noqa: E402
 from streammon import operators as ops  # noqa: E402
 
-__all__ = ["ROOT", "BENCH", "PARTITIONS", "BATCH", "realistic_monitor", "create_topics", "produce", "the_stream"]
+__all__ = ["ROOT", "BENCH", "PARTITIONS", "BATCH", "realistic_monitor", "create_topics", "produce", "the_stream", "cpu_seconds"]
 
 PAIR_METRICS = ("accuracy", "precision", "recall", "f1", "log_loss", "brier_score", "roc_auc", "mae", "mse", "calibration")
 PARTITIONS = 4
@@ -71,3 +72,16 @@ def the_stream(n: int, **spec: Any) -> list:
     from synthetic_stream import StreamSpec, messages, take
 
     return take(messages(StreamSpec(**spec)), n)
+
+
+def cpu_seconds(pid: int | None, *, children: bool = False) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far, from /proc; 0 for None, nan once it is gone.
+    ``children``: with those of its children it has waited for (a worker's forked checkpoint writers)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    ticks = sum(int(x) for x in fields[11:15 if children else 13])  # utime, stime[, cutime, cstime]
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -24,58 +24,50 @@ from kafka_common import BATCH, BENCH, PARTITIONS, ROOT, create_topics, produce,
 
 import streammon as sm
 
-__all__ = ["Worker", "metric", "freshness", "idle_fetch_wait", "recovery"]
+__all__ = ["Served", "Worker", "app_file", "metric", "samples", "wait_for", "freshness", "idle_fetch_wait", "recovery"]
 
 # Seconds between /metrics scrapes while timing freshness and recovery: a scrape of the realistic set
 # over three versions costs the worker 3-8 ms, so scraping faster would slow what it measures.
 POLL_PERIOD = 0.05
 
 
-# The same app and run loop as `streammon run`, through the Python API, so kafka-python settings can be given.
-_RUNNER = """
-import sys
-from streammon.apps import load_app
-from streammon.connectors.kafka import KafkaSource
-app, bootstrap, predictions, feedback, group, state_dir, wait = sys.argv[1:]
-monitor = load_app(app)
-source = KafkaSource(bootstrap, predictions_topic=predictions, feedback_topic=feedback, group_id=group,
-                     fetch_max_wait_ms=int(wait))
-print("serving", monitor.serve(0).url, flush=True)
-monitor.run(source, state_dir=state_dir)
-"""
-
-
-class Worker:
-    """A ``python -m streammon run`` subprocess of the realistic app, serving /metrics on a free port
-    (with ``fetch_max_wait_ms``: the same loop through the Python API, with that kafka-python setting)."""
-
-    def __init__(self, workdir: Path, bootstrap: str, topics: tuple[str, str], group: str, state_dir: Path,
-                 fetch_max_wait_ms: int | None = None) -> None:
-        app = workdir / "bench_app.py"
+def app_file(workdir: Path) -> Path:
+    """The realistic app as a file ``streammon run`` and ``streammon export`` can load."""
+    app = workdir / "bench_app.py"
+    if not app.exists():
         app.write_text(f"import sys\nsys.path.insert(0, {str(BENCH)!r})\nfrom kafka_common import realistic_monitor\n"
                        f"monitor = realistic_monitor()\n")
-        if fetch_max_wait_ms is None:
-            self.command = [sys.executable, "-m", "streammon", "run", f"{app}:monitor", "--bootstrap-servers", bootstrap,
-                            "--topics", ",".join(topics), "--group", group, "--state-dir", str(state_dir), "--metrics-port", "0"]
-        else:
-            self.command = [sys.executable, "-c", _RUNNER, f"{app}:monitor", bootstrap, *topics, group, str(state_dir),
-                            str(fetch_max_wait_ms)]
-        self.log = workdir / f"worker-{group}.log"
+    return app
+
+
+class Served:
+    """A ``python -m streammon`` subprocess that prints ``serving URL`` first (a worker or an exporter)."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.command = [sys.executable, "-m", "streammon", *args]
+        self.log = log
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
-    def start(self, timeout: float = 60.0) -> float:
-        """Start; return the seconds until it serves /metrics (interpreter, imports, app, Kafka metadata)."""
-        started = time.perf_counter()
+    def launch(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, env=env)
+
+    def ready(self, timeout: float = 60.0) -> None:
+        """Wait for the ``serving URL`` line."""
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("serving "):
             self.kill()
-            raise RuntimeError(f"the worker did not start: {self.log.read_text()[-2000:]}")
+            raise RuntimeError(f"{self.command[3]} did not start: {self.log.read_text()[-2000:]}")
         self.url = line.split()[1]
+
+    def start(self, timeout: float = 60.0) -> float:
+        """Start; return the seconds until it serves /metrics (interpreter, imports, app, Kafka metadata)."""
+        started = time.perf_counter()
+        self.launch()
+        self.ready(timeout)
         return time.perf_counter() - started
 
     def scrape(self) -> str:
@@ -103,20 +95,37 @@ class Worker:
         self._reap()
 
 
+class Worker(Served):
+    """``streammon run`` of the realistic app on a pair of topics, serving /metrics on a free port;
+    ``options`` are more of its command-line arguments (``-X fetch_max_wait_ms=500``, ``--scale-out``)."""
+
+    def __init__(self, workdir: Path, bootstrap: str, topics: tuple[str, str], group: str, state_dir: Path,
+                 *options: str, name: str | None = None) -> None:
+        super().__init__(["run", f"{app_file(workdir)}:monitor", "--bootstrap-servers", bootstrap, "--topics", ",".join(topics),
+                          "--group", group, "--state-dir", str(state_dir), "--metrics-port", "0", *options],
+                         workdir / f"worker-{name or group}.log")
+
+
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """Sum of the samples of ``name`` whose labels include ``labels`` in a text exposition; None if none."""
-    total = None
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of each sample of ``name`` in a text exposition."""
+    out = []
     for line in text.splitlines():
         if not line.startswith(name):
             continue
         head, _, value = line.rpartition(" ")
         metric_name, _, label_text = head.partition("{")
-        if metric_name == name and all(dict(_LABEL.findall(label_text)).get(k) == v for k, v in labels.items()):
-            total = (total or 0.0) + float(value)
-    return total
+        if metric_name == name:
+            out.append((dict(_LABEL.findall(label_text)), float(value)))
+    return out
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """Sum of the samples of ``name`` whose labels include ``labels`` in a text exposition; None if none."""
+    found = [value for have, value in samples(text, name) if all(have.get(k) == v for k, v in labels.items())]
+    return sum(found) if found else None
 
 
 def wait_for(worker: Worker, check: Callable[[str], bool], timeout: float, period: float = POLL_PERIOD) -> tuple[float, float, str]:
@@ -201,6 +210,17 @@ def idle_fetch_wait(bootstrap: str, wait_ms: int, samples: int = 12) -> dict[str
     return {"fetch_max_wait_ms": wait_ms, "samples": len(out), "median": statistics.median(out), "max": max(out)}
 
 
+def source_fetch_wait(bootstrap: str, topics: tuple[str, str]) -> int:
+    """The ``fetch_max_wait_ms`` a ``KafkaSource`` uses when not told one (what ``streammon run`` uses)."""
+    from streammon.connectors.kafka import KafkaSource
+
+    source = KafkaSource(bootstrap, predictions_topic=topics[0], feedback_topic=topics[1])
+    try:
+        return int(source._consumer.config["fetch_max_wait_ms"])  # noqa: SLF001 - the bench reports the library's setting
+    finally:
+        source.close()
+
+
 def _quantiles(xs: list[float]) -> dict[str, float]:
     q = statistics.quantiles(xs, n=100, method="inclusive")
     return {"p50": q[49], "p90": q[89], "p99": q[98], "max": max(xs)}
@@ -209,18 +229,21 @@ def _quantiles(xs: list[float]) -> dict[str, float]:
 def freshness(bootstrap: str, workdir: Path, log, *, load_rate: float, warmup: float, samples: int,
               fetch_max_wait_ms: int | None = None) -> dict:
     """Feedback sent (wall clock before the SDK's send) to the worker's /metrics showing it, under load.
-    ``fetch_max_wait_ms`` None: ``streammon run`` as it is (kafka-python's default, 500 ms)."""
+    ``fetch_max_wait_ms`` None: ``streammon run`` as it is; else that setting given with ``-X``."""
     name = "default" if fetch_max_wait_ms is None else f"wait{fetch_max_wait_ms}"
     topics = (f"predictions_fresh_{name}", f"feedback_fresh_{name}")
     create_topics(bootstrap, *topics)
+    wait = source_fetch_wait(bootstrap, topics) if fetch_max_wait_ms is None else fetch_max_wait_ms
     state = workdir / f"state-fresh-{name}"
-    worker = Worker(workdir, bootstrap, topics, f"bench-fresh-{name}", state, fetch_max_wait_ms)
+    worker = Worker(workdir, bootstrap, topics, f"bench-fresh-{name}", state,
+                    *(() if fetch_max_wait_ms is None else ("-X", f"fetch_max_wait_ms={fetch_max_wait_ms}")))
     stop, sent, seen = threading.Event(), [0], {}
     threads = [threading.Thread(target=_load, args=(bootstrap, topics, load_rate, stop, sent), daemon=True),
-               threading.Thread(target=_watch, args=(bootstrap, topics, stop, seen, fetch_max_wait_ms or 500), daemon=True)]
+               threading.Thread(target=_watch, args=(bootstrap, topics, stop, seen, wait), daemon=True)]
     probe = {"version": "probe"}  # a segment value of its own: its counts move only with the probes
     sent_at: dict[bytes, float] = {}
-    upper, lower, checkpointed = [], [], []
+    upper, lower, waits = [], [], []
+    checkpoints: set[float] = set()  # wall-clock times the worker reported as its last checkpoint
     try:
         worker.start()
         for t in threads:
@@ -241,8 +264,10 @@ def freshness(bootstrap: str, workdir: Path, log, *, load_rate: float, warmup: f
                     worker, lambda t: (metric(t, "streammon_accuracy_count", window="cumulative", **probe) or 0) > i, 30)
                 upper.append(shown - now)
                 lower.append(max(0.0, before - now))
-                age = metric(text, "streammon_checkpoint_age_seconds")  # did a snapshot end while this one waited?
-                checkpointed.append(age is not None and shown - age >= now)
+                waits.append((now, shown))
+                age = metric(text, "streammon_checkpoint_age_seconds")
+                if age is not None:
+                    checkpoints.add(round(shown - age, 3))
         load_rate = (sent[0] - sent_began) / (time.monotonic() - load_began)
         text = worker.scrape()
     finally:
@@ -252,15 +277,25 @@ def freshness(bootstrap: str, workdir: Path, log, *, load_rate: float, warmup: f
                 t.join(timeout=30)
         worker.stop()
     bare = [seen[k] - t for k, t in sent_at.items() if k in seen]
+    # A wait "had a checkpoint" when a checkpoint time fell inside it: a snapshot's end when the worker
+    # writes it itself, the fork when a child writes it (the worker reports either as its last checkpoint).
+    # Each scrape gives a checkpoint's time plus its own latency: values within 1 s are one checkpoint (the
+    # interval is 5 s), whose time is the smallest of them.
+    times: list[float] = []
+    for t in sorted(checkpoints):
+        if not times or t - times[-1] > 1.0:
+            times.append(t)
+    checkpointed = [any(sent <= t <= shown for t in times) for sent, shown in waits]
     calm = [x for x, c in zip(upper, checkpointed) if not c]
     hit = [x for x, c in zip(upper, checkpointed) if c]
-    result = {"fetch_max_wait_ms": fetch_max_wait_ms or 500, "via": "streammon run" if fetch_max_wait_ms is None else "Python API",
+    result = {"fetch_max_wait_ms": wait, "set": fetch_max_wait_ms is not None,
               "samples": len(upper), **_quantiles(upper), "lower_bound": _quantiles(lower),
               "bare_consumer": {"samples": len(bare), **_quantiles(bare)} if len(bare) > 1 else None,
               "without_checkpoint": {"samples": len(calm), **_quantiles(calm)} if len(calm) > 1 else None,
               "with_checkpoint": {"samples": len(hit), **_quantiles(hit)} if len(hit) > 1 else None,
               "load_events_per_s": load_rate, "worker_events_read": metric(text, "streammon_events_total"),
               "worker_lag_at_end": metric(text, "streammon_consumer_lag"), "poll_period": POLL_PERIOD,
+              "checkpoints_seen": len(times),
               "snapshot_bytes_at_end": (state / "snapshot.pkl").stat().st_size if (state / "snapshot.pkl").exists() else None,
               "seconds": upper}
     log(f"freshness ({name}): p50 {1000 * result['p50']:.0f} ms, p99 {1000 * result['p99']:.0f} ms over {len(upper)} samples "
