@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .connectors.base import DeadLetterSink, Message, Source
+from .connectors.base import DeadLetterSink, Message, Source, next_offsets
 from .engine import Engine, SeriesKeys
 from .errors import EventError, RegistrationError
 from .events import EventPolicy, decode_event
@@ -271,8 +271,7 @@ class Monitor:
                 batch = source.poll(size, poll_timeout)
                 if batch:
                     self.process(batch)
-                    for msg in batch:
-                        offsets[(msg.topic, msg.partition)] = msg.offset + 1
+                    offsets.update(next_offsets(batch))
                     dirty = True
                 if dirty and (checkpointer is None or (checkpointer.due() and not checkpointer.busy)):
                     self._checkpoint(source, checkpointer, offsets, background=background)

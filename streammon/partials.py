@@ -33,6 +33,7 @@ __all__ = ["PartialsExporter", "require_mergeable", "dump_partials", "merge_part
 
 log = logging.getLogger("streammon")
 PARTIALS = "partials-{}.pkl"
+_SETTLED_NS = 100_000_000  # 0.1 s: longer than any file-time tick
 
 
 def require_mergeable(metrics: list["Tracked"]) -> None:
@@ -149,7 +150,7 @@ class PartialsExporter:
         self.monitor = monitor
         self.directory = Path(state_dir)
         self.latest: dict[int, dict[str, Any]] = {}  # partition -> newest partial accepted
-        self._seen: dict[Path, tuple[int, int]] = {}  # file -> (mtime_ns, size) last read
+        self._seen: dict[Path, tuple[tuple[int, int, int], int]] = {}  # file -> (its stat, wall ns) when last read
         self._refused: set[tuple[Path, int]] = set()
 
     def refresh(self) -> bool:
@@ -158,9 +159,14 @@ class PartialsExporter:
         for path in sorted(self.directory.glob(PARTIALS.format("*"))):
             try:
                 stat = path.stat()
-                if self._seen.get(path) == (stat.st_mtime_ns, stat.st_size):
+                key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+                seen = self._seen.get(path)
+                # File times tick coarsely (a few ms) and inodes are reused, so an unchanged stat
+                # proves nothing about a write in the same tick: skip only if the last read came
+                # well after the last write.
+                if seen is not None and seen[0] == key and seen[1] > stat.st_mtime_ns + _SETTLED_NS:
                     continue
-                self._seen[path] = (stat.st_mtime_ns, stat.st_size)
+                self._seen[path] = (key, time.time_ns())
                 part = loads(path.read_bytes(), self.monitor._engine)
             except FileNotFoundError:
                 continue

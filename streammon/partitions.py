@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .checkpoint import BackgroundWrite, Checkpointer, CheckpointError, dump_engine
-from .connectors.base import Message
+from .connectors.base import Message, next_offsets
 from .engine import Engine, Health
 from .partials import dump_partials, published_lineage, require_mergeable, write_partials
 
@@ -126,9 +126,7 @@ class PartitionWorker:
             if partition is None:  # revoked within this poll; its new owner reads these messages
                 continue
             self.monitor._process_into(partition.engine, messages)
-            offsets = partition.offsets
-            for msg in messages:
-                offsets[(msg.topic, msg.partition)] = msg.offset + 1
+            partition.offsets.update(next_offsets(messages))
             partition.unsaved = partition.unpublished = True
         self.health.observe_batch(time.perf_counter() - started)
 
@@ -204,7 +202,9 @@ def run_partitioned(monitor: "Monitor", source: Any, *, state_dir: str | None, c
     last_checkpoint = last_publish = time.monotonic()
     try:
         while not monitor._stop.is_set() and not (until and until()):
-            batch = source.poll(max_records, poll_timeout)
+            # Each partition's engine gets about a full batch: a batch split over many partitions
+            # would pay the per-batch work of every window once per partition on a handful of rows.
+            batch = source.poll(max_records * max(1, len(worker.partitions)), poll_timeout)
             if batch:
                 worker.process(batch)
             worker.collect()

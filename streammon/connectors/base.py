@@ -7,7 +7,7 @@ read, so that offsets and state move together (the Kafka connector builds on thi
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 __all__ = ["Message", "Source", "DeadLetterSink", "RebalanceListener"]
 
@@ -26,6 +26,11 @@ class Message(NamedTuple):
     topic: str = ""
     partition: int = 0
     offset: int = -1
+
+
+def next_offsets(batch: Sequence[Message]) -> dict[tuple[str, int], int]:
+    """``{(topic, partition): offset after the last message of it}`` for a batch in offset order."""
+    return {(m.topic, m.partition): m.offset + 1 for m in batch}
 
 
 @runtime_checkable
