@@ -194,3 +194,20 @@ def test_a_fresh_start_after_a_worker_died_before_its_first_checkpoint_does_not_
     second.publish()
     exporter.refresh()
     assert viewer.value("n") == 10 and exporter.latest[0]["lineage"] == second.partitions[0].lineage
+
+
+def test_a_rewrite_within_one_tick_of_the_file_clock_is_still_read(tmp_path):
+    import os
+    monitor = sm.Monitor("x", windows=[sm.Cumulative()])
+    monitor.track(ops.Count(of="prediction"), name="n")
+    exporter = PartialsExporter(monitor, str(tmp_path))
+    evs = [{"id": f"p{i}", "ts": i, "prediction": 1} for i in range(4)]
+    write_partials(tmp_path, 0, _partial(monitor, evs[:3], offset=3, lineage="a"))
+    exporter.refresh()
+    path = tmp_path / "partials-0.pkl"
+    first = path.stat()
+    write_partials(tmp_path, 0, _partial(monitor, evs, offset=3, lineage="a"))  # same version, new content
+    os.utime(path, ns=(first.st_atime_ns, first.st_mtime_ns))  # as if written within the same clock tick
+    assert path.stat().st_size == first.st_size
+    exporter.refresh()
+    assert monitor.value("n") == 4
