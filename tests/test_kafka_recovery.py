@@ -12,14 +12,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
-from sklearn.metrics import accuracy_score, mean_absolute_error
 
 from streammon.connectors.broker import EmbeddedBroker
-from tests.oracle import run_oracle
+from tests.kafka_oracle import assert_equals_oracle
 from tests.worker_helpers import free_port, scrape, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,44 +116,4 @@ def test_sigkill_at_twenty_moments_loses_and_doubles_nothing(broker, tmp_path):
             worker.kill()
         producer.close()
 
-    valid = []
-    from streammon import EventError, decode_event
-    for topic, key, value in events:
-        try:
-            decode_event(value, kind="prediction" if topic == "predictions" else "feedback", key=key, now=2e9)
-            valid.append(json.loads(value))
-        except EventError:
-            pass
-    oracle = run_oracle(valid, feedback_ttl=100 * 86400, prediction_ttl=100 * 86400, segments=("version",))
-
-    def metric(name, **labels):
-        return got[(name, tuple(sorted({"monitor": "kafka_test", "model": "default", **labels}.items())))]
-
-    pairs = oracle.select("pair", None)
-    for version in ("v0", "v1", "v2"):
-        rows = [r for r in pairs if r.segment == (version,)]
-        y_true, y_pred = [r.y_true for r in rows], [r.y_pred for r in rows]
-        assert metric("streammon_accuracy", window="cumulative", version=version) == pytest.approx(accuracy_score(y_true, y_pred), rel=1e-12)
-        assert metric("streammon_mae", window="cumulative", version=version) == pytest.approx(mean_absolute_error(y_true, y_pred), rel=1e-9)
-        assert metric("streammon_accuracy_count", window="cumulative", version=version) == len(rows)
-        missed = np.mean([t == 1 and p == 0 for t, p in zip(y_true, y_pred)])
-        assert metric("streammon_missed_positive", window="cumulative", version=version) == pytest.approx(missed, rel=1e-9)
-        preds = [r for r in oracle.select("prediction", None) if r.segment == (version,)]
-        assert metric("streammon_predictions", window="cumulative", version=version) == len(preds)
-        assert metric("streammon_mean_score", window="cumulative", version=version) == pytest.approx(np.mean([r.score for r in preds]), rel=1e-9)
-
-        class W:  # the 10-minute window of the app
-            size, step, panes, grace = 600.0, 60.0, 10, 60.0
-        windowed = [r for r in oracle.select("pair", W) if r.segment == (version,)]
-        assert metric("streammon_accuracy_count", window="10m", version=version) == len(windowed)
-        if windowed:
-            assert metric("streammon_accuracy", window="10m", version=version) == pytest.approx(
-                accuracy_score([r.y_true for r in windowed], [r.y_pred for r in windowed]), rel=1e-12)
-    mon = {"monitor": "kafka_test"}
-    assert got[("streammon_join_pending", tuple(sorted({**mon, "side": "prediction"}.items())))] == oracle.pending_predictions
-    assert got[("streammon_join_pending", tuple(sorted({**mon, "side": "feedback"}.items())))] == oracle.pending_feedback
-    assert got[("streammon_joined_total", tuple(sorted(mon.items())))] == oracle.joined
-    for side in ("prediction", "feedback"):
-        assert got[("streammon_duplicates_total", tuple(sorted({**mon, "side": side}.items())))] == oracle.duplicates[side]
-    rejected = sum(v for (n, labels), v in got.items() if n == "streammon_events_total" and dict(labels)["outcome"] == "rejected")
-    assert rejected == len(events) - len(valid) > 0
+    assert_equals_oracle(got, events)

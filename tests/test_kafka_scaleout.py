@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -13,24 +12,20 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
-from sklearn.metrics import accuracy_score, mean_absolute_error
 
-from streammon import EventError, decode_event
 from streammon.apps import load_app
 from streammon.connectors import Message
 from streammon.connectors.broker import EmbeddedBroker
-from tests.oracle import run_oracle
+from tests.kafka_oracle import KIND, assert_equals_oracle
 from tests.test_kafka_recovery import make_events
 from tests.worker_helpers import free_port, scrape, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
 APP = "tests/kafka_app.py:monitor"
-_KIND = {"predictions": "prediction", "feedback": "feedback"}
 # Each client's options, with a short session: tansu completes a rebalance in session_timeout / 2
 # (design section 10). Each client reads its own pair of topics.
 CLIENTS = {
@@ -166,7 +161,7 @@ def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exa
 
     # The same events through one in-process monitor (one stream time) and through the oracle.
     single = load_app(APP)
-    single.replay([Message(value, kind=_KIND[topic], key=key.encode()) for topic, key, value in events])
+    single.replay([Message(value, kind=KIND[topic], key=key.encode()) for topic, key, value in events])
     compared = 0
     for s in single.values():
         if not s.name.startswith(("streammon_accuracy", "streammon_mae", "streammon_mean_score", "streammon_predictions",
@@ -178,33 +173,9 @@ def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exa
         compared += 1
     assert compared > 40
 
-    valid = [json.loads(value) for topic, key, value in events if _valid(topic, key, value)]
-    oracle = run_oracle(valid, feedback_ttl=100 * 86400, prediction_ttl=100 * 86400, segments=("version",))
-
-    def metric(name, **labels):
-        return got[(name, tuple(sorted({"monitor": "kafka_test", "model": "default", **labels}.items())))]
-
-    pairs = oracle.select("pair", None)
-
-    class W:  # the 10-minute window of the app
-        size, step, panes, grace = 600.0, 60.0, 10, 60.0
-    for version in ("v0", "v1", "v2"):
-        rows = [r for r in pairs if r.segment == (version,)]
-        y_true, y_pred = [r.y_true for r in rows], [r.y_pred for r in rows]
-        assert metric("streammon_accuracy", window="cumulative", version=version) == pytest.approx(accuracy_score(y_true, y_pred), rel=1e-12)
-        assert metric("streammon_mae", window="cumulative", version=version) == pytest.approx(mean_absolute_error(y_true, y_pred), rel=1e-9)
-        assert metric("streammon_accuracy_count", window="cumulative", version=version) == len(rows)
-        preds = [r for r in oracle.select("prediction", None) if r.segment == (version,)]
-        assert metric("streammon_mean_score", window="cumulative", version=version) == pytest.approx(np.mean([r.score for r in preds]), rel=1e-9)
-        windowed = [r for r in oracle.select("pair", W) if r.segment == (version,)]
-        assert metric("streammon_accuracy_count", window="10m", version=version) == len(windowed) > 0
-        assert metric("streammon_accuracy", window="10m", version=version) == pytest.approx(
-            accuracy_score([r.y_true for r in windowed], [r.y_pred for r in windowed]), rel=1e-12)
-    mon = (("monitor", "kafka_test"),)
-    assert got[("streammon_joined_total", mon)] == oracle.joined
-    assert got[("streammon_join_pending", mon + (("side", "prediction"),))] == oracle.pending_predictions
-    assert got[("streammon_join_pending", (("monitor", "kafka_test"), ("side", "feedback")))] == oracle.pending_feedback
-    assert not math.isnan(got[("streammon_stream_time_seconds", mon)])
+    assert_equals_oracle(got, events)
+    assert sum(v for (n, labels), v in got.items() if n == "streammon_accuracy_count" and ("window", "10m") in labels) > 0
+    assert not math.isnan(got[("streammon_stream_time_seconds", (("monitor", "kafka_test"),))])
 
 
 def _diagnosis(export_port: int, ports: list[int], workers: list[subprocess.Popen], exporter: subprocess.Popen) -> str:
@@ -222,14 +193,6 @@ def _diagnosis(export_port: int, ports: list[int], workers: list[subprocess.Pope
         lines.append(f"stderr of {' '.join(process.args[3:5])} (exit {process.returncode}):\n"
                      f"{stderr_of(process)}")
     return "\n".join(lines)
-
-
-def _valid(topic: str, key: str, value: bytes) -> bool:
-    try:
-        decode_event(value, kind=_KIND[topic], key=key, now=2e9)
-        return True
-    except EventError:
-        return False
 
 
 @pytest.mark.parametrize("command", [["export"], ["run", "--scale-out", "--group", "g", "--bootstrap-servers", "127.0.0.1:1"]])

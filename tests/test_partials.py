@@ -108,6 +108,13 @@ def test_merged_partitions_equal_one_monitor_when_nothing_expires(events, count,
         assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12, nan_ok=True), key
 
 
+def counting() -> sm.Monitor:
+    """The smallest app: a count of predictions, named n."""
+    monitor = sm.Monitor("x", windows=[sm.Cumulative()])
+    monitor.track(ops.Count(of="prediction"), name="n")
+    return monitor
+
+
 def _partial(monitor: sm.Monitor, events: list[dict], *, offset: int, lineage: str) -> bytes:
     engine = monitor._new_engine(monitor.metrics)
     monitor._process_into(engine, [Message(e) for e in events])
@@ -115,8 +122,7 @@ def _partial(monitor: sm.Monitor, events: list[dict], *, offset: int, lineage: s
 
 
 def test_the_exporter_keeps_the_newest_partial_of_a_lineage_and_takes_a_new_lineage_at_once(tmp_path):
-    monitor = sm.Monitor("x", windows=[sm.Cumulative()])
-    monitor.track(ops.Count(of="prediction"), name="n")
+    monitor = counting()
     exporter = PartialsExporter(monitor, str(tmp_path))
     evs = [{"id": f"p{i}", "ts": i, "prediction": 1} for i in range(5)]
     write_partials(tmp_path, 0, _partial(monitor, evs[:3], offset=3, lineage="a"))
@@ -132,8 +138,7 @@ def test_the_exporter_keeps_the_newest_partial_of_a_lineage_and_takes_a_new_line
 
 
 def test_a_partial_from_another_app_is_refused_and_the_previous_one_kept(tmp_path, caplog):
-    monitor = sm.Monitor("x", windows=[sm.Cumulative()])
-    monitor.track(ops.Count(of="prediction"), name="n")
+    monitor = counting()
     other = sm.Monitor("x", windows=[sm.Cumulative()])
     other.track(ops.Mean(of="score"), name="n")
     exporter = PartialsExporter(monitor, str(tmp_path))
@@ -171,20 +176,16 @@ def test_a_fresh_start_after_a_worker_died_before_its_first_checkpoint_does_not_
     from streammon.connectors import MemorySource
     from streammon.partitions import PartitionWorker
 
-    def app():
-        monitor = sm.Monitor("x", windows=[sm.Cumulative()])
-        monitor.track(ops.Count(of="prediction"), name="n")
-        return monitor
     messages = [Message({"id": f"p{i}", "ts": i, "prediction": 1}, topic="predictions", partition=0, offset=i) for i in range(10)]
-    first = PartitionWorker(app(), MemorySource([]), str(tmp_path), checkpoint_interval=60)
+    first = PartitionWorker(counting(), MemorySource([]), str(tmp_path), checkpoint_interval=60)
     first.assigned([0])
     first.process(messages)
     first.publish()  # partials out, no checkpoint yet: then the worker is killed
-    viewer = app()
+    viewer = counting()
     exporter = PartialsExporter(viewer, str(tmp_path))
     exporter.refresh()
     assert viewer.value("n") == 10
-    second = PartitionWorker(app(), MemorySource([]), str(tmp_path), checkpoint_interval=60)
+    second = PartitionWorker(counting(), MemorySource([]), str(tmp_path), checkpoint_interval=60)
     assert second.assigned([0]) == {}  # nothing saved: it starts partition 0 from the beginning
     second.process(messages[:4])
     second.publish()
@@ -198,8 +199,7 @@ def test_a_fresh_start_after_a_worker_died_before_its_first_checkpoint_does_not_
 
 def test_a_rewrite_within_one_tick_of_the_file_clock_is_still_read(tmp_path):
     import os
-    monitor = sm.Monitor("x", windows=[sm.Cumulative()])
-    monitor.track(ops.Count(of="prediction"), name="n")
+    monitor = counting()
     exporter = PartialsExporter(monitor, str(tmp_path))
     evs = [{"id": f"p{i}", "ts": i, "prediction": 1} for i in range(4)]
     write_partials(tmp_path, 0, _partial(monitor, evs[:3], offset=3, lineage="a"))

@@ -1,0 +1,63 @@
+"""The oracle check shared by the Kafka worker tests: /metrics of tests/kafka_app.py against sklearn."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, mean_absolute_error
+
+from streammon import EventError, decode_event
+from tests.oracle import run_oracle
+
+KIND = {"predictions": "prediction", "feedback": "feedback"}
+
+
+def valid(topic: str, key: str, value: bytes) -> bool:
+    try:
+        decode_event(value, kind=KIND[topic], key=key, now=2e9)
+        return True
+    except EventError:
+        return False
+
+
+def assert_equals_oracle(got: dict, events: list[tuple[str, str, bytes]]) -> None:
+    """``got`` (a scrape) holds what the oracle computes from ``events`` ((topic, key, value) as produced)."""
+    accepted = [json.loads(value) for topic, key, value in events if valid(topic, key, value)]
+    oracle = run_oracle(accepted, feedback_ttl=100 * 86400, prediction_ttl=100 * 86400, segments=("version",))
+
+    def metric(name, **labels):
+        return got[(name, tuple(sorted({"monitor": "kafka_test", "model": "default", **labels}.items())))]
+
+    class TenMinutes:  # the sliding window of the app
+        size, step, panes, grace = 600.0, 60.0, 10, 60.0
+
+    pairs = oracle.select("pair", None)
+    for version in ("v0", "v1", "v2"):
+        rows = [r for r in pairs if r.segment == (version,)]
+        y_true, y_pred = [r.y_true for r in rows], [r.y_pred for r in rows]
+        assert metric("streammon_accuracy", window="cumulative", version=version) == pytest.approx(accuracy_score(y_true, y_pred), rel=1e-12)
+        assert metric("streammon_mae", window="cumulative", version=version) == pytest.approx(mean_absolute_error(y_true, y_pred), rel=1e-9)
+        assert metric("streammon_accuracy_count", window="cumulative", version=version) == len(rows)
+        missed = np.mean([t == 1 and p == 0 for t, p in zip(y_true, y_pred)])
+        assert metric("streammon_missed_positive", window="cumulative", version=version) == pytest.approx(missed, rel=1e-9)
+        preds = [r for r in oracle.select("prediction", None) if r.segment == (version,)]
+        assert metric("streammon_predictions", window="cumulative", version=version) == len(preds)
+        assert metric("streammon_mean_score", window="cumulative", version=version) == pytest.approx(np.mean([r.score for r in preds]), rel=1e-9)
+        windowed = [r for r in oracle.select("pair", TenMinutes) if r.segment == (version,)]
+        assert metric("streammon_accuracy_count", window="10m", version=version) == len(windowed)
+        if windowed:  # an empty window publishes NaN
+            assert metric("streammon_accuracy", window="10m", version=version) == pytest.approx(
+                accuracy_score([r.y_true for r in windowed], [r.y_pred for r in windowed]), rel=1e-12)
+    mon = {"monitor": "kafka_test"}
+
+    def health(name, **labels):
+        return got[(name, tuple(sorted({**mon, **labels}.items())))]
+    assert health("streammon_join_pending", side="prediction") == oracle.pending_predictions
+    assert health("streammon_join_pending", side="feedback") == oracle.pending_feedback
+    assert health("streammon_joined_total") == oracle.joined
+    for side in ("prediction", "feedback"):
+        assert health("streammon_duplicates_total", side=side) == oracle.duplicates[side]
+    rejected = sum(v for (n, labels), v in got.items() if n == "streammon_events_total" and dict(labels)["outcome"] == "rejected")
+    assert rejected == len(events) - len(accepted) > 0
