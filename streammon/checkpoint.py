@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .errors import StreamMonError
+from .operators.base import fresh_copy
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -70,6 +71,18 @@ def dumps(state: dict[str, Any], engine: "Engine") -> bytes:
     buffer = io.BytesIO()
     _Pickler(buffer, _user_functions(engine)).dump(state)
     return buffer.getvalue()
+
+
+def require_picklable(engine: "Engine") -> None:
+    """Refuse, at start and naming it, a metric whose operator a checkpoint could not save."""
+    for tracked, _ in engine.metrics:
+        try:
+            dumps({"operator": fresh_copy(tracked.prototype)}, engine)
+        except Exception as exc:  # noqa: BLE001 - pickle raises many kinds
+            raise CheckpointError(
+                f"metric {tracked.name!r} cannot be saved in a checkpoint ({type(exc).__name__}: {exc}); keep its "
+                f"state in plain attributes (numbers, lists, dicts, numpy arrays), or run without a state directory"
+            ) from None
 
 
 def loads(data: bytes, engine: "Engine") -> dict[str, Any]:

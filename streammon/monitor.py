@@ -19,7 +19,7 @@ from .errors import EventError, RegistrationError
 from .events import EventPolicy, decode_event
 from .exporter import MetricsServer, MonitorCollector, Sample, samples
 from .join import MemoryJoinStore
-from .checkpoint import Checkpointer, CheckpointError
+from .checkpoint import Checkpointer, CheckpointError, require_picklable
 from .registry import Tracked, register_function, register_operator
 from .windows import Cumulative, Sliding, Window, parse_duration
 
@@ -253,6 +253,7 @@ class Monitor:
                                   f"scale-out (--scale-out), or give this worker another --state-dir")
         offsets: dict[tuple[str, int], int] = {}
         if checkpointer is not None:
+            require_picklable(self._engine)
             with self._lock:
                 restored = checkpointer.restore(self._engine)
                 self._apply_settings_to_restored_state(self._engine)

@@ -134,7 +134,11 @@ def merge_partials(monitor: "Monitor", partials: list[dict[str, Any]]) -> Engine
                         slot = merged[remap[code]] = [fresh_copy(tracked.prototype), 0]
                     for pane, op, count in entries:
                         if first is None or pane >= first:
-                            slot[0].merge(op)
+                            try:
+                                slot[0].merge(op)
+                            except Exception:  # noqa: BLE001 - a user operator's merge must not stop the exporter
+                                view.health.operator_errors[(tracked.name, window.label)] += count
+                                continue
                             slot[1] += count
             states.append(_MergedState(window, tracked.prototype, merged))
         view.metrics.append((tracked, states))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .checkpoint import BackgroundWrite, Checkpointer, CheckpointError, dump_engine
+from .checkpoint import BackgroundWrite, Checkpointer, CheckpointError, dump_engine, require_picklable
 from .connectors.base import Message, next_offsets
 from .engine import Engine, Health
 from .partials import dump_partials, published_lineage, require_mergeable, write_partials
@@ -195,6 +195,7 @@ def run_partitioned(monitor: "Monitor", source: Any, *, state_dir: str | None, c
         raise CheckpointError("a scaled-out worker needs a state directory shared by the group (--state-dir): "
                               "partitions move between workers with their checkpoints")
     require_mergeable(monitor.metrics)
+    require_picklable(monitor._engine)
     worker = PartitionWorker(monitor, source, state_dir, checkpoint_interval=checkpoint_interval)
     monitor._worker, monitor._source = worker, source
     source.listen(worker)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
 from .errors import RegistrationError
-from .operators.base import Capabilities, capabilities
+from .operators.base import Capabilities, capabilities, fresh_copy
 from .operators.functions import Finalized, PerEventMean
 from .operators.river_adapter import adapt
 from .windows import Cumulative, Window
@@ -124,6 +124,14 @@ def register_operator(op: Any, *, name: str | None, of: str | None, time: TimeBa
     feed = feed_for(of if of is not None else getattr(op, "of", None), op, time, label=label)
     caps = capabilities(op)
     name = _check_name(base_name, taken)
+    try:  # every series and window gets its own copy, made while events flow: fail here, not there
+        fresh_copy(op)
+    except Exception as exc:  # noqa: BLE001 - copy.deepcopy raises many kinds
+        raise RegistrationError(
+            f"metric {name!r}: streammon copies the operator for every series and window, and copying "
+            f"{type(inner).__name__} failed ({type(exc).__name__}: {exc}); give it a clone() method that returns "
+            f"a new, empty one"
+        ) from None
     return Tracked(name, op, caps, feed, _check_windows(name, caps, windows), getattr(op, "output_label", None))
 
 

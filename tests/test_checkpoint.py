@@ -196,3 +196,30 @@ def test_a_background_snapshot_that_fails_stops_the_worker_with_the_reason(tmp_p
         return False
     with pytest.raises(CheckpointError, match="cannot write the snapshot .*No such file or directory"):
         worker.run(MemorySource(stream()), state_dir=str(tmp_path / "state"), checkpoint_interval=0.01, until=gone)
+
+
+class _HoldsALock:
+    """Copied by clone() (so it registers), but a lock cannot be pickled into a checkpoint."""
+
+    def __init__(self) -> None:
+        import threading
+        self.lock, self.n = threading.Lock(), 0
+
+    def update(self, x) -> None:
+        self.n += 1
+
+    def get(self) -> float:
+        return float(self.n)
+
+    def clone(self) -> "_HoldsALock":
+        return _HoldsALock()
+
+
+def test_a_metric_a_checkpoint_cannot_save_is_refused_at_start_by_name(tmp_path):
+    monitor = sm.Monitor("m", windows=[sm.Cumulative()])
+    monitor.track(_HoldsALock(), of="prediction", name="locked")
+    events = [{"id": "a", "ts": 1, "prediction": 1}]
+    with pytest.raises(CheckpointError, match="metric 'locked' cannot be saved in a checkpoint .*TypeError"):
+        monitor.run(MemorySource(events), state_dir=str(tmp_path))
+    monitor.run(MemorySource(events))  # without a state directory it runs
+    assert monitor.value("locked") == 1

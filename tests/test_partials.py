@@ -211,3 +211,29 @@ def test_a_rewrite_within_one_tick_of_the_file_clock_is_still_read(tmp_path):
     assert path.stat().st_size == first.st_size
     exporter.refresh()
     assert monitor.value("n") == 4
+
+
+class _BrokenMerge:
+    """A user operator whose merge raises: the exporter must skip it, count it, and serve the rest."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def update(self, x) -> None:
+        self.n += 1
+
+    def merge(self, other) -> None:
+        raise RuntimeError("merge is broken")
+
+    def get(self) -> float:
+        return float(self.n)
+
+
+def test_a_user_merge_that_raises_is_counted_and_the_other_metrics_still_served(tmp_path):
+    monitor = counting()
+    monitor.track(_BrokenMerge(), of="prediction", name="broken")
+    write_partials(tmp_path, 0, _partial(monitor, [{"id": "a", "ts": 1, "prediction": 1}], offset=1, lineage="a"))
+    assert PartialsExporter(monitor, str(tmp_path)).refresh()
+    assert monitor.value("n") == 1
+    errors = {s.labels["metric"]: s.value for s in monitor.values() if s.name == "streammon_operator_errors_total"}
+    assert errors == {"broken": 1}

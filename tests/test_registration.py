@@ -153,3 +153,21 @@ def test_null_rate_of_the_score_sees_predictions_without_one():
               {"id": "c", "ts": 3, "prediction": 0}, {"id": "d", "ts": 4, "prediction": 0, "score": 0.25}])
     assert m.value("score_null_rate") == 0.5
     assert m.value("mean_score") == 0.375
+
+
+def test_an_operator_that_cannot_be_copied_is_refused_at_registration_with_the_fix():
+    import threading
+
+    class Locked:
+        def __init__(self):
+            self.lock, self.n = threading.Lock(), 0
+
+        def update(self, x):
+            self.n += 1
+
+        def get(self):
+            return float(self.n)
+
+    monitor = sm.Monitor("m", windows=[sm.Cumulative()])
+    with pytest.raises(sm.RegistrationError, match="metric 'locked': streammon copies the operator .* give it a clone\\(\\) method"):
+        monitor.track(Locked(), of="prediction")
