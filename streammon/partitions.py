@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from .checkpoint import BackgroundWrite, Checkpointer, CheckpointError, dump_engine, require_picklable
 from .connectors.base import Message, next_offsets
 from .engine import Engine, Health
+from .errors import SourceError
 from .partials import dump_partials, published_lineage, require_mergeable, write_partials
 
 if TYPE_CHECKING:
@@ -73,14 +74,16 @@ class PartitionWorker:
         return offsets
 
     def revoked(self, numbers: list[int]) -> None:
-        self.checkpoint([n for n in numbers if n in self.partitions])
-        with self.monitor._lock:
-            for number in numbers:
-                partition = self.partitions.pop(number, None)
-                if partition is not None:
-                    # Kept until the assignment that follows: a partition that stays here (the
-                    # assignor is sticky) goes on from memory instead of reloading its checkpoint.
-                    self._parked[number] = (partition, _stamp(partition.checkpointer.path))
+        try:
+            self.checkpoint([n for n in numbers if n in self.partitions])
+        finally:  # let go even if the save failed: the new owner resumes from the last good checkpoint
+            with self.monitor._lock:
+                for number in numbers:
+                    partition = self.partitions.pop(number, None)
+                    if partition is not None and not partition.unsaved:
+                        # Kept until the assignment that follows: a partition that stays here (the
+                        # assignor is sticky) goes on from memory instead of reloading its checkpoint.
+                        self._parked[number] = (partition, _stamp(partition.checkpointer.path))
         log.info("revoked partitions %s (now %s)", numbers, sorted(self.partitions))
 
     def _unpark(self, parked: tuple[Partition, Any] | None) -> Partition | None:
@@ -123,8 +126,11 @@ class PartitionWorker:
             by_partition[msg.partition].append(msg)
         for number, messages in by_partition.items():
             partition = self.partitions.get(number)
-            if partition is None:  # revoked within this poll; its new owner reads these messages
-                continue
+            if partition is None:
+                # The consumer hands out only partitions the group assigned, after the listener has
+                # opened them; skipping would lose these events. A restart resumes from checkpoints.
+                raise SourceError(f"messages of partition {number}, which this worker does not own: the group's "
+                                  f"assignment and this worker's state disagree; restart the worker")
             self.monitor._process_into(partition.engine, messages)
             partition.offsets.update(next_offsets(messages))
             partition.unsaved = partition.unpublished = True

@@ -56,9 +56,10 @@ def _spawn(args: list[str]) -> subprocess.Popen:
     return process
 
 
-def stderr_of(process: subprocess.Popen) -> str:
+def stderr_of(process: subprocess.Popen, tail: int | None = 3000) -> str:
     process.log.seek(0)  # type: ignore[attr-defined]
-    return process.log.read().decode(errors="replace")[-3000:]  # type: ignore[attr-defined]
+    text = process.log.read().decode(errors="replace")  # type: ignore[attr-defined]
+    return text if tail is None else text[-tail:]
 
 
 def start_worker(broker, state_dir, port, client: str, *extra: str) -> subprocess.Popen:
@@ -159,6 +160,10 @@ def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exa
         stop(exporter)
         producer.close()
 
+    # Every rebalance went through the worker's listener without an error (kafka-python would
+    # otherwise go on with an assignment the worker never opened).
+    for w in workers:
+        assert "Kafka poll failed" not in stderr_of(w, None) and " failed\nTraceback" not in stderr_of(w, None), stderr_of(w)
     # The same events through one in-process monitor (one stream time) and through the oracle.
     single = load_app(APP)
     single.replay([Message(value, kind=KIND[topic], key=key.encode()) for topic, key, value in events])

@@ -85,6 +85,7 @@ class KafkaSource(CachedHealth):
                  scale_out: bool = False, **kafka_settings: Any) -> None:
         self.topics = {predictions_topic: "prediction", feedback_topic: "feedback"}
         self.scale_out = scale_out
+        self.in_rebalance = False  # set by the rebalance bridge while a group callback runs
         settings = dict(
             bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20, fetch_max_bytes=64 << 20,
@@ -139,7 +140,7 @@ class KafkaSource(CachedHealth):
         """Join the consumer group (``scale_out=True`` only); ``listener`` hears of every assignment change."""
         if not self.scale_out:
             raise SourceError("listen() needs KafkaSource(..., scale_out=True): without it this worker reads every partition")
-        self._consumer.subscribe(list(self.topics), listener=RebalanceBridge(self._consumer, self.topics, listener))
+        self._consumer.subscribe(list(self.topics), listener=RebalanceBridge(self._consumer, self.topics, listener, self))
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Resume at ``{(topic, partition): next offset}`` (from a checkpoint); others start from the beginning."""
@@ -152,9 +153,13 @@ class KafkaSource(CachedHealth):
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         from kafka.structs import OffsetAndMetadata
+        records = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
         try:
-            self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
-        except KafkaError as exc:  # the checkpoint already holds the offsets; the group commit is informational
+            if self.in_rebalance:  # inside a rebalance callback kafka-python refuses to block
+                self._consumer.commit_async(records)
+            else:
+                self._consumer.commit(records)
+        except Exception as exc:  # noqa: BLE001 - the checkpoint holds the offsets; the group commit is informational
             log.warning("committing offsets to the consumer group failed (%s); state is safe in the checkpoint", exc)
 
     @property

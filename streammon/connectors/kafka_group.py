@@ -9,10 +9,11 @@ it can.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from kafka import TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -96,15 +97,19 @@ class CoPartitionAssignor(AbstractPartitionAssignor):
 class RebalanceBridge(ConsumerRebalanceListener):
     """Turns kafka-python's rebalance callbacks into partition numbers for the monitor, and seeks."""
 
-    def __init__(self, consumer: Any, topics: Iterable[str], listener: RebalanceListener) -> None:
+    def __init__(self, consumer: Any, topics: Iterable[str], listener: RebalanceListener, source: Any = None) -> None:
         self._consumer = consumer
         self._topics = list(topics)
         self._listener = listener
+        self._source = source  # told when a callback runs: kafka-python forbids blocking calls then
 
+    # kafka-python logs a listener's exception to its own logger (silent by default) and goes on
+    # with the new assignment, so each failure is logged here, with its traceback, before it rises.
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in revoked})
         if numbers:
-            self._listener.revoked(numbers)
+            with _logged("revoking", numbers, self._source):
+                self._listener.revoked(numbers)
 
     def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
         # Evicted from the group: another worker may already own these, so their state is dropped,
@@ -112,15 +117,31 @@ class RebalanceBridge(ConsumerRebalanceListener):
         numbers = sorted({tp.partition for tp in lost})
         if numbers:
             lose = getattr(self._listener, "lost", None)
-            (lose or self._listener.revoked)(numbers)
+            with _logged("dropping lost", numbers, self._source):
+                (lose or self._listener.revoked)(numbers)
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = list(assigned)
         numbers = sorted({tp.partition for tp in assigned})
-        offsets = self._listener.assigned(numbers) if numbers else {}
-        for tp in assigned:
-            position = offsets.get((tp.topic, tp.partition))
-            if position is None:
-                self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, position)
+        with _logged("taking over", numbers, self._source):
+            offsets = self._listener.assigned(numbers) if numbers else {}
+            for tp in assigned:
+                position = offsets.get((tp.topic, tp.partition))
+                if position is None:
+                    self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, position)
+
+
+@contextlib.contextmanager
+def _logged(what: str, numbers: list[int], source: Any) -> Iterator[None]:
+    if source is not None:
+        source.in_rebalance = True
+    try:
+        yield
+    except Exception:
+        log.exception("%s partitions %s failed", what, numbers)
+        raise
+    finally:
+        if source is not None:
+            source.in_rebalance = False
