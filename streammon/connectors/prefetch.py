@@ -199,7 +199,10 @@ class _Child:
         if kind == "credit":
             self.credits += 1
         elif kind == "commit":
-            self.source.commit(message[1])
+            try:  # informational (the checkpoint holds the offsets); a failure must not break a rebalance's exchange
+                self.source.commit(message[1])
+            except Exception:  # noqa: BLE001
+                log.warning("committing offsets to the consumer group failed; state is safe in the checkpoint", exc_info=True)
         elif kind == "seek":
             self.source.seek(message[1])
         elif kind == "listen":
