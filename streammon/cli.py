@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -20,6 +19,9 @@ from typing import Any, Iterator, Sequence
 
 from .apps import AppLoadError, load_app
 from .cli_generate import UsageError, add_generate_commands
+from .cli_kafka import kafka_dead_letter as _kafka_dead_letter
+from .cli_kafka import kafka_option as _kafka_option
+from .cli_kafka import kafka_source as _kafka_source
 from .errors import RegistrationError, SourceError, StreamMonError
 from .monitor import Monitor
 
@@ -146,43 +148,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kafka_source(args: argparse.Namespace):
-    topics = (args.topics or "predictions,feedback").split(",")
-    if len(topics) != 2 or not all(topics):
-        raise _UsageError(f"--topics takes two names, predictions then feedback (e.g. predictions,feedback); got {args.topics!r}")
-    if args.kafka_client == "confluent":
-        from .connectors.kafka_confluent import ConfluentKafkaSource as Source
-    else:
-        from .connectors.kafka import KafkaSource as Source
-    options: dict[str, Any] = dict(args.kafka_option)
-    if args.scale_out:
-        if not args.group or not args.state_dir:
-            raise _UsageError("--scale-out needs --group NAME (the workers' consumer group) and --state-dir DIR "
-                              "(a directory every worker of the group shares)")
-        options["scale_out"] = True
-    factory = functools.partial(Source, args.bootstrap_servers, predictions_topic=topics[0], feedback_topic=topics[1],
-                                group_id=args.group or "streammon", **options)
-    if args.prefetch:
-        from .connectors.prefetch import PrefetchingSource
-        return PrefetchingSource(factory)
-    return factory()
-
-
-def _kafka_option(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not (sep and key):
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. security_protocol=SSL")
-    value: Any = {"true": True, "false": False}.get(raw.lower(), raw)
-    if isinstance(value, str):
-        for kind in (int, float):
-            try:
-                value = kind(raw)
-                break
-            except ValueError:
-                pass
-    return key, value
-
-
 def _require_mergeable(monitor: Monitor) -> None:
     from .partials import require_mergeable
     try:
@@ -204,25 +169,6 @@ def _export(args: argparse.Namespace) -> int:
     finally:
         monitor.close()
     return 0
-
-
-@contextlib.contextmanager
-def _kafka_dead_letter(monitor: Monitor, args: argparse.Namespace) -> Iterator[None]:
-    options = dict(args.kafka_option)
-    if args.kafka_client == "confluent":
-        from .connectors.kafka_confluent import ConfluentKafkaDeadLetter as DeadLetter
-    else:
-        from kafka import KafkaProducer
-
-        from .connectors.kafka import KafkaDeadLetter as DeadLetter
-        # The same connection and security settings as the consumer; consumer-only ones stay out.
-        options = {k: v for k, v in options.items() if k in KafkaProducer.DEFAULT_CONFIG}
-    sink = DeadLetter(args.bootstrap_servers, topic=args.dead_letter_topic, **options)
-    monitor.dead_letter = sink
-    try:
-        yield
-    finally:
-        sink.close()
 
 
 def _serve(monitor: Monitor, port: int, host: str):
