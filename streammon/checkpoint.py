@@ -109,6 +109,7 @@ def dump_engine(engine: "Engine", offsets: Offsets, lineage: str | None = None) 
         "keys": engine.keys,
         "health": dict(engine.health.__dict__),
         "stream_time": engine.stream_time,
+        "input_marks": dict(engine.input_marks),
         "windows": {t.name: [s.state() for s in states] for t, states in engine.metrics},
     }
     return dumps(state, engine)
@@ -121,6 +122,7 @@ def load_engine(engine: "Engine", data: bytes) -> dict[str, Any]:
     engine.keys = state["keys"]
     engine.health.__dict__.update(state["health"])
     engine.stream_time = state["stream_time"]
+    engine.input_marks = dict(state.get("input_marks", {}))  # snapshots before aligned input have none
     for tracked, states in engine.metrics:
         for window_state, saved in zip(states, state["windows"][tracked.name]):
             window_state.load(saved)

@@ -203,6 +203,9 @@ class Engine:
         self.keys = keys
         self.health = Health()
         self.stream_time = float("-inf")
+        # Per input partition, the largest event time of its records processed so far: where the
+        # aligned input order (streammon.align) resumes after a restart.
+        self.input_marks: dict[tuple[str, int], float] = {}
         self.metrics: list[tuple[Tracked, list[WindowState]]] = []
         self._logged_errors: set[str] = set()
 

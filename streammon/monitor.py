@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .align import Decoded, EventTimeAligner, can_align
 from .connectors.base import DeadLetterSink, Message, Source, next_offsets
 from .engine import Engine, SeriesKeys
 from .errors import EventError, RegistrationError
@@ -173,15 +174,22 @@ class Monitor:
         self._process_into(self._engine, messages)
 
     def _process_into(self, engine: Engine, messages: Sequence[Message]) -> None:
-        events = []
+        self._apply_decoded(engine, self._decode(messages))
+
+    def _decode(self, messages: Sequence[Message]) -> list[Decoded]:
         policy = self._policy
         now = time.time()
-        rejected: list[tuple[Message, str]] = []
+        out = []
         for msg in messages:
             try:
-                events.append(decode_event(msg.value, kind=msg.kind, key=msg.key, policy=policy, now=now))
+                out.append(Decoded(msg, decode_event(msg.value, kind=msg.kind, key=msg.key, policy=policy, now=now), None))
             except EventError as exc:
-                rejected.append((msg, exc.reason))
+                out.append(Decoded(msg, None, exc.reason))
+        return out
+
+    def _apply_decoded(self, engine: Engine, decoded: Sequence[Decoded]) -> None:
+        events = [d.event for d in decoded if d.event is not None]
+        rejected = [(d.message, d.reason) for d in decoded if d.event is None]
         # The sink is written outside the lock, so a slow dead-letter topic never holds up a scrape.
         sent = self._dead_letter(rejected) if rejected else 0
         with self._lock:
@@ -190,6 +198,13 @@ class Monitor:
                 health.events[(_TOPIC[msg.kind] if msg.kind else self._guess_topic(msg), "rejected")] += 1
             health.dead_letters += sent
             engine.apply(events)
+
+    def _apply_aligned(self, engine: Engine, decoded: list[Decoded], marks: dict[tuple[str, int], float]) -> None:
+        size = self.settings.batch_size
+        for start in range(0, len(decoded), size):
+            self._apply_decoded(engine, decoded[start:start + size])
+        with self._lock:  # saved with the state, so a restart continues the same order
+            engine.input_marks.update(marks)
 
     def _dead_letter(self, rejected: list[tuple[Message, str]]) -> int:
         sent = 0
@@ -222,8 +237,13 @@ class Monitor:
 
     def run(self, source: Source, *, state_dir: str | None = None, checkpoint_interval: float = 5.0,
             max_records: int | None = None, poll_timeout: float = 0.5, until: Callable[[], bool] | None = None,
-            publish_interval: float = 1.0, background_checkpoints: bool = True) -> None:
+            publish_interval: float = 1.0, background_checkpoints: bool = True, max_idle: float = 0.5) -> None:
         """Consume ``source`` until it is exhausted, ``until()`` is true, or :meth:`stop` is called.
+
+        A Kafka source is read aligned by event time: both topics are processed in one order that
+        depends only on what the partitions hold, never on fetch sizes, poll timing, backlogs,
+        restarts or rebalances. An empty partition is waited for while the broker reports records
+        in it, and for ``max_idle`` seconds once it is at its end (docs/kafka.md, "Input order").
 
         With ``state_dir``, state and offsets are checkpointed together every ``checkpoint_interval``
         seconds (and at a clean stop), and a restart resumes from the last checkpoint: a worker killed
@@ -238,15 +258,15 @@ class Monitor:
         with _tuned_gc():
             self._run(source, state_dir=state_dir, checkpoint_interval=checkpoint_interval, size=max_records or self.settings.batch_size,
                       poll_timeout=poll_timeout, until=until, publish_interval=publish_interval,
-                      background_checkpoints=background_checkpoints)
+                      background_checkpoints=background_checkpoints, max_idle=max_idle)
 
     def _run(self, source: Source, *, state_dir: str | None, checkpoint_interval: float, size: int, poll_timeout: float,
-             until: Callable[[], bool] | None, publish_interval: float, background_checkpoints: bool) -> None:
+             until: Callable[[], bool] | None, publish_interval: float, background_checkpoints: bool, max_idle: float) -> None:
         if getattr(source, "scale_out", False):
             from .partitions import run_partitioned
             return run_partitioned(self, source, state_dir=state_dir, checkpoint_interval=checkpoint_interval,
                                    publish_interval=publish_interval, max_records=size, poll_timeout=poll_timeout, until=until,
-                                   background_checkpoints=background_checkpoints)
+                                   background_checkpoints=background_checkpoints, max_idle=max_idle)
         checkpointer = Checkpointer(state_dir, interval=checkpoint_interval) if state_dir else None
         if checkpointer is not None and any(checkpointer.directory.glob("partition-*.pkl")):
             raise CheckpointError(f"{state_dir} holds a scaled-out group's state (one snapshot per partition); run with "
@@ -267,14 +287,29 @@ class Monitor:
                 raise CheckpointError(f"{type(source).__name__} cannot seek, so it cannot resume from {state_dir}")
         self._source, self._checkpointer = source, checkpointer
         background = checkpointer is not None and background_checkpoints and hasattr(os, "fork")
+        aligner = None
+        if can_align(source):
+            aligner = EventTimeAligner(source.topics, max_idle=max_idle)
+            aligner.track(source.input_partitions, None, self._engine.input_marks)
         dirty = False
         try:
             while not self._stop.is_set() and not (until and until()):
-                batch = source.poll(size, poll_timeout)
-                if batch:
-                    self.process(batch)
-                    offsets.update(next_offsets(batch))
-                    dirty = True
+                if aligner is None:
+                    batch = source.poll(size, poll_timeout)
+                    if batch:
+                        self.process(batch)
+                        offsets.update(next_offsets(batch))
+                        dirty = True
+                else:
+                    batch = source.poll(size, aligner.wait_hint(poll_timeout))
+                    if batch:
+                        aligner.add(self._decode(batch))
+                    released = aligner.release(source.lag(), everything=not batch and source.exhausted).get(None)
+                    aligner.flow(source)
+                    if released:
+                        self._apply_aligned(self._engine, *released)
+                        offsets.update(next_offsets([d.message for d in released[0]]))
+                        dirty = True
                 if dirty and (checkpointer is None or (checkpointer.due() and not checkpointer.busy)):
                     self._checkpoint(source, checkpointer, offsets, background=background)
                     dirty = False

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .checkpoint import BackgroundWrite, Checkpointer, CheckpointError, dump_engine, require_picklable
+from .align import EventTimeAligner, can_align
 from .connectors.base import Message, next_offsets
 from .engine import Engine, Health
 from .errors import SourceError
@@ -48,9 +49,12 @@ class Partition:
 class PartitionWorker:
     """The partitions this worker owns, as the consumer group assigns and revokes them."""
 
-    def __init__(self, monitor: "Monitor", source: Any, state_dir: str, *, checkpoint_interval: float) -> None:
+    def __init__(self, monitor: "Monitor", source: Any, state_dir: str, *, checkpoint_interval: float,
+                 max_idle: float = 0.5) -> None:
         self.monitor = monitor
         self.source = source
+        # Each partition number is one group: both topics of it, aligned by event time (streammon.align).
+        self.aligner = EventTimeAligner(source.topics, max_idle=max_idle) if can_align(source) else None
         self.directory = Path(state_dir)
         self.directory.mkdir(parents=True, exist_ok=True)
         if (self.directory / "snapshot.pkl").exists():
@@ -70,6 +74,8 @@ class PartitionWorker:
         for number in numbers:
             partition = self.partitions.get(number) or self._unpark(parked.get(number)) or self._open(number)
             offsets.update(partition.offsets)
+            if self.aligner is not None:  # the source seeks to the processed offsets: what was buffered comes again
+                self.aligner.track([(topic, number) for topic in self.source.topics], number, partition.engine.input_marks)
         log.info("assigned partitions %s (now %s)", numbers, sorted(self.partitions))
         return offsets
 
@@ -79,6 +85,7 @@ class PartitionWorker:
         finally:  # let go even if the save failed: the new owner resumes from the last good checkpoint
             with self.monitor._lock:
                 for number in numbers:
+                    self._unalign(number)
                     partition = self.partitions.pop(number, None)
                     if partition is not None and not partition.unsaved:
                         # Kept until the assignment that follows: a partition that stays here (the
@@ -100,8 +107,13 @@ class PartitionWorker:
         # must not overwrite now. What it processed since then is read again by the new owner.
         with self.monitor._lock:
             for number in numbers:
+                self._unalign(number)
                 self.partitions.pop(number, None)
         log.warning("lost partitions %s to the group (evicted); their state since the last checkpoint is dropped", numbers)
+
+    def _unalign(self, number: int) -> None:
+        if self.aligner is not None:
+            self.aligner.drop_group(number)
 
     def _open(self, number: int) -> Partition:
         engine = self.monitor._new_engine(self.monitor.metrics)
@@ -120,6 +132,8 @@ class PartitionWorker:
 
     # -- work -----------------------------------------------------------------------------------
     def process(self, batch: Sequence[Message]) -> None:
+        if self.aligner is not None:
+            return self._process_aligned(batch)
         started = time.perf_counter()
         by_partition: dict[int, list[Message]] = defaultdict(list)
         for msg in batch:
@@ -135,6 +149,21 @@ class PartitionWorker:
             partition.offsets.update(next_offsets(messages))
             partition.unsaved = partition.unpublished = True
         self.health.observe_batch(time.perf_counter() - started)
+
+    def _process_aligned(self, batch: Sequence[Message]) -> None:
+        started = time.perf_counter()
+        aligner = self.aligner
+        if batch:
+            aligner.add(self.monitor._decode(batch))
+        released = aligner.release(self.source.lag())
+        aligner.flow(self.source)
+        for number, (decoded, marks) in released.items():
+            partition = self.partitions[number]  # tracked only while owned
+            self.monitor._apply_aligned(partition.engine, decoded, marks)
+            partition.offsets.update(next_offsets([d.message for d in decoded]))
+            partition.unsaved = partition.unpublished = True
+        if released:
+            self.health.observe_batch(time.perf_counter() - started)
 
     def checkpoint(self, numbers: Sequence[int] | None = None, *, background: bool = False) -> None:
         """Save the partitions' state with their offsets, publish their partials, then commit the offsets.
@@ -195,14 +224,14 @@ class PartitionWorker:
 
 def run_partitioned(monitor: "Monitor", source: Any, *, state_dir: str | None, checkpoint_interval: float,
                     publish_interval: float, max_records: int, poll_timeout: float,
-                    until: Callable[[], bool] | None, background_checkpoints: bool = True) -> None:
+                    until: Callable[[], bool] | None, background_checkpoints: bool = True, max_idle: float = 0.5) -> None:
     """The consume loop of one worker in a scaled-out group (see :meth:`Monitor.run`)."""
     if not state_dir:
         raise CheckpointError("a scaled-out worker needs a state directory shared by the group (--state-dir): "
                               "partitions move between workers with their checkpoints")
     require_mergeable(monitor.metrics)
     require_picklable(monitor._engine)
-    worker = PartitionWorker(monitor, source, state_dir, checkpoint_interval=checkpoint_interval)
+    worker = PartitionWorker(monitor, source, state_dir, checkpoint_interval=checkpoint_interval, max_idle=max_idle)
     monitor._worker, monitor._source = worker, source
     source.listen(worker)
     background = background_checkpoints and hasattr(os, "fork")
@@ -211,8 +240,9 @@ def run_partitioned(monitor: "Monitor", source: Any, *, state_dir: str | None, c
         while not monitor._stop.is_set() and not (until and until()):
             # Each partition's engine gets about a full batch: a batch split over many partitions
             # would pay the per-batch work of every window once per partition on a handful of rows.
-            batch = source.poll(max_records * max(1, len(worker.partitions)), poll_timeout)
-            if batch:
+            wait = poll_timeout if worker.aligner is None else worker.aligner.wait_hint(poll_timeout)
+            batch = source.poll(max_records * max(1, len(worker.partitions)), wait)
+            if batch or worker.aligner is not None:  # aligned: an idle partition's wait may have ended
                 worker.process(batch)
             worker.collect()
             now = time.monotonic()

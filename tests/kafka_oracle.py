@@ -22,10 +22,32 @@ def valid(topic: str, key: str, value: bytes) -> bool:
         return False
 
 
-def assert_equals_oracle(got: dict, events: list[tuple[str, str, bytes]]) -> None:
-    """``got`` (a scrape) holds what the oracle computes from ``events`` ((topic, key, value) as produced)."""
+def partition_of(key: str, partitions: int) -> int:
+    """The partition the tests produce an id to (explicitly, so the oracle knows each partition's contents)."""
+    return int(key[1:]) % partitions
+
+
+def aligned(events: list[tuple[str, str, bytes]], partitions: int) -> list[tuple[str, str, bytes]]:
+    """``events`` in the order an aligned worker processes them (docs/kafka.md, "Input order"), recomputed:
+    by the largest event time so far in the record's partition, then predictions first, partition, offset."""
+    marks: dict[tuple[str, int], float] = {}
+    offsets: dict[tuple[str, int], int] = {}
+    rows = []
+    for topic, key, value in events:
+        tp = (topic, partition_of(key, partitions))
+        offsets[tp] = offsets.get(tp, -1) + 1
+        if valid(topic, key, value):
+            marks[tp] = max(marks.get(tp, float("-inf")), json.loads(value)["ts"])
+        rows.append(((marks.get(tp, float("-inf")), topic != "predictions", tp[1], offsets[tp]), (topic, key, value)))
+    rows.sort(key=lambda row: row[0])
+    return [event for _, event in rows]
+
+
+def assert_equals_oracle(got: dict, events: list[tuple[str, str, bytes]], *, feedback_ttl: float = 100 * 86400,
+                         prediction_ttl: float = 100 * 86400) -> None:
+    """``got`` (a scrape) holds what the oracle computes from ``events`` ((topic, key, value) in processing order)."""
     accepted = [json.loads(value) for topic, key, value in events if valid(topic, key, value)]
-    oracle = run_oracle(accepted, feedback_ttl=100 * 86400, prediction_ttl=100 * 86400, segments=("version",))
+    oracle = run_oracle(accepted, feedback_ttl=feedback_ttl, prediction_ttl=prediction_ttl, segments=("version",))
 
     def metric(name, **labels):
         return got[(name, tuple(sorted({"monitor": "kafka_test", "model": "default", **labels}.items())))]
@@ -57,6 +79,8 @@ def assert_equals_oracle(got: dict, events: list[tuple[str, str, bytes]]) -> Non
     assert health("streammon_join_pending", side="prediction") == oracle.pending_predictions
     assert health("streammon_join_pending", side="feedback") == oracle.pending_feedback
     assert health("streammon_joined_total") == oracle.joined
+    for side in ("prediction", "feedback"):
+        assert health("streammon_join_expired_total", side=side) == oracle.expired[side]
     for side in ("prediction", "feedback"):
         assert health("streammon_duplicates_total", side=side) == oracle.duplicates[side]
     rejected = sum(v for (n, labels), v in got.items() if n == "streammon_events_total" and dict(labels)["outcome"] == "rejected")

@@ -118,6 +118,11 @@ def series_of(monitor: sm.Monitor):
 def check_against_oracle(events, batch_size, time_basis="prediction"):
     monitor = build_monitor(batch_size)
     monitor.replay(events)
+    assert_equals_oracle(monitor, events, time_basis)
+
+
+def assert_equals_oracle(monitor, events, time_basis="prediction"):
+    """``monitor`` (built by :func:`build_monitor`) publishes what the oracle computes from ``events`` in that order."""
     result = run_oracle(events, feedback_ttl=FEEDBACK_TTL, prediction_ttl=PREDICTION_TTL, segments=SEGMENTS)
     values, counts = series_of(monitor)
     for name, (_, stream, oracle) in METRICS.items():

@@ -33,13 +33,13 @@ def broker():
         yield b
 
 
-def make_events(n_predictions: int, seed: int = 7) -> list[tuple[str, str, bytes]]:
+def make_events(n_predictions: int, seed: int = 7, spacing: float = 0.1) -> list[tuple[str, str, bytes]]:
     """(topic, key, value) in production order: out-of-order times, late, duplicate, missing, malformed."""
     rng = random.Random(seed)
     out, pending = [], []
     t0 = 1_700_000_000.0
     for i in range(n_predictions):
-        ts = t0 + i * 0.1 + rng.uniform(-30, 30)  # out of order
+        ts = t0 + i * spacing + rng.uniform(-30, 30)  # out of order
         if rng.random() < 0.01:
             ts -= 3000  # late for the 10-minute window
         pid = f"p{i:07d}"
@@ -60,9 +60,9 @@ def make_events(n_predictions: int, seed: int = 7) -> list[tuple[str, str, bytes
     return out
 
 
-def start_worker(broker, state_dir, port, *extra):
+def start_worker(broker, state_dir, port, *extra, app="tests/kafka_app.py:monitor"):
     return subprocess.Popen(
-        [sys.executable, "-m", "streammon", "run", "tests/kafka_app.py:monitor", "--bootstrap-servers", broker.bootstrap_servers,
+        [sys.executable, "-m", "streammon", "run", app, "--bootstrap-servers", broker.bootstrap_servers,
          "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.3", "--group", "recovery-test",
          *extra],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -117,3 +117,47 @@ def test_sigkill_at_twenty_moments_loses_and_doubles_nothing(broker, tmp_path):
         producer.close()
 
     assert_equals_oracle(got, events)
+
+
+def test_sigkill_twenty_times_through_a_backlog_with_default_ttls(broker, tmp_path):
+    """Everything is in Kafka before the worker starts (the case after any outage), feedback first; the worker
+    is killed 20 times while it works through it. Default TTLs: exact only if the topics are read aligned."""
+    from tests.kafka_oracle import aligned, partition_of
+    from tests.test_kafka_order import with_features
+
+    events = with_features(make_events(30_000, seed=5, spacing=0.5))  # 4 hours of event time
+    topics = {"predictions": "backlog-p", "feedback": "backlog-f"}
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics.values()])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, compression_type="gzip", linger_ms=20)
+    for topic, key, value in sorted(events, key=lambda e: e[0] != "feedback"):  # stable: each topic in order
+        producer.send(topics[topic], key=key.encode(), value=value, partition=partition_of(key, PARTITIONS))
+    producer.flush()
+    producer.close()
+    port, rng = free_port(), random.Random(5)
+    args = ["--topics", "backlog-p,backlog-f", "--group", "backlog-test"]
+    worker = start_worker(broker, tmp_path, port, *args, app="tests/kafka_app.py:default_ttls")
+    try:
+        for kill in range(20):
+            time.sleep(rng.uniform(0.3, 1.0))
+            if worker.poll() is not None:
+                raise AssertionError(f"worker died by itself: {worker.stderr.read().decode()[-2000:]}")
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+            extra = [["--prefetch"], ["--kafka-client", "confluent"], []][kill % 3]
+            worker = start_worker(broker, tmp_path, port, *args, *extra, app="tests/kafka_app.py:default_ttls")
+
+        def events_seen(s):
+            return sum(v for (n, labels), v in s.items() if n == "streammon_events_total")
+        wait_for(lambda: events_seen(scrape(port)) >= len(events), 120, "the worker to read every event")
+        time.sleep(1.0)  # anything counted twice would show up now
+        got = scrape(port)
+        assert events_seen(got) == len(events)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    assert_equals_oracle(got, aligned(events, PARTITIONS), feedback_ttl=7 * 86400, prediction_ttl=3600)

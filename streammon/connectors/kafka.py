@@ -151,6 +151,24 @@ class KafkaSource(CachedHealth):
             else:
                 self._consumer.seek(tp, position)
 
+    @property
+    def input_partitions(self) -> list[tuple[str, int]]:
+        """Every (topic, partition) this worker reads (scaled out: those the group assigned it)."""
+        tps = self._consumer.assignment() if self.scale_out else self._partitions
+        return sorted((tp.topic, tp.partition) for tp in tps)
+
+    def pause(self, partitions: list[tuple[str, int]]) -> None:
+        """Stop fetching ``partitions`` (the monitor holds enough of them) until :meth:`resume`."""
+        self._consumer.pause(*self._owned(partitions))
+
+    def resume(self, partitions: list[tuple[str, int]]) -> None:
+        self._consumer.resume(*self._owned(partitions))
+
+    def _owned(self, partitions: list[tuple[str, int]]) -> list[TopicPartition]:
+        # A partition revoked since the caller last looked is left out: kafka-python refuses it.
+        owned = self._consumer.assignment()
+        return [tp for tp in (TopicPartition(t, p) for t, p in partitions) if tp in owned]
+
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         from kafka.structs import OffsetAndMetadata
         records = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}

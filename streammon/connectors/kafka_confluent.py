@@ -255,6 +255,28 @@ class ConfluentKafkaSource(CachedHealth):
         self._low_if_unknown = True
         self._lag = {}
 
+    @property
+    def input_partitions(self) -> list[tuple[str, int]]:
+        """Every (topic, partition) this worker reads (scaled out: those the group assigned it)."""
+        return sorted((tp.topic, tp.partition) for tp in self._partitions)
+
+    def pause(self, partitions: list[tuple[str, int]]) -> None:
+        """Stop fetching ``partitions`` (the monitor holds enough of them) until :meth:`resume`."""
+        self._flow(self._consumer.pause, partitions)
+
+    def resume(self, partitions: list[tuple[str, int]]) -> None:
+        self._flow(self._consumer.resume, partitions)
+
+    def _flow(self, call: Callable[[list[Any]], None], partitions: list[tuple[str, int]]) -> None:
+        # A partition revoked since the caller last looked is left out: librdkafka would refuse the call.
+        owned = {(tp.topic, tp.partition) for tp in self._partitions}
+        chosen = [self._ck.TopicPartition(t, p) for t, p in partitions if (t, p) in owned]
+        if chosen:
+            try:
+                call(chosen)
+            except self._ck.KafkaException as exc:
+                raise SourceError(f"cannot pause or resume Kafka partitions: {_describe(exc)}") from exc
+
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         ck = self._ck
         if not offsets:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 from ..errors import SourceError
 from .base import Message, RebalanceListener
+from ..align import can_align
 
 __all__ = ["PrefetchingSource"]
 
@@ -62,6 +63,8 @@ class PrefetchingSource:
             raise SourceError(f"the source process did not start: {reason}")
         self.scale_out = reply[1]
         self._can_seek = reply[2]
+        # Where the child's source can be read aligned (streammon.align): its topics and partitions.
+        self.topics, self.input_partitions = reply[3], reply[4]
 
     # -- the Source protocol ----------------------------------------------------------------------
     def poll(self, max_records: int, timeout: float) -> list[Message]:
@@ -110,6 +113,12 @@ class PrefetchingSource:
     def listen(self, listener: RebalanceListener) -> None:
         self._listener = listener
         self._send("listen")
+
+    def pause(self, partitions: list[tuple[str, int]]) -> None:
+        self._send("pause", list(partitions))
+
+    def resume(self, partitions: list[tuple[str, int]]) -> None:
+        self._send("resume", list(partitions))
 
     @property
     def exhausted(self) -> bool:
@@ -205,6 +214,8 @@ class _Child:
                 log.warning("committing offsets to the consumer group failed; state is safe in the checkpoint", exc_info=True)
         elif kind == "seek":
             self.source.seek(message[1])
+        elif kind in ("pause", "resume"):
+            getattr(self.source, kind)(message[1])
         elif kind == "listen":
             self.source.listen(_ListenerProxy(self))
         elif kind == "start":
@@ -257,7 +268,9 @@ def _child(factory: Callable[[], Any], conn: Any, depth: int, max_records: int) 
         return
     child = _Child(source, conn, depth, max_records)
     try:
-        conn.send(("ready", bool(getattr(source, "scale_out", False)), callable(getattr(source, "seek", None))))
+        aligned = can_align(source)
+        conn.send(("ready", bool(getattr(source, "scale_out", False)), callable(getattr(source, "seek", None)),
+                   dict(source.topics) if aligned else None, list(getattr(source, "input_partitions", [])) if aligned else []))
         child.run()
     except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the parent went away
         pass
