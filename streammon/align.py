@@ -35,7 +35,7 @@ __all__ = ["EventTimeAligner", "Decoded", "can_align"]
 log = logging.getLogger("streammon")
 
 TopicPartition = tuple[str, int]
-FETCH_TIMEOUT = 60.0  # seconds an empty partition with records on the broker is waited for
+FETCH_TIMEOUT = 5.0  # seconds an empty partition with records on the broker is waited for
 BUFFER_LIMIT = 8192  # records buffered per partition before it is paused
 _NEG_INF = float("-inf")
 

@@ -9,6 +9,8 @@ serve lag monitoring only.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import pickle
@@ -30,6 +32,48 @@ Offsets = Mapping[tuple[str, int], int]
 
 class CheckpointError(StreamMonError):
     """A snapshot cannot be written, read, or used with the app as it is now."""
+
+
+_ANOTHER = "or give another state directory (--state-dir, state_dir=)"
+_FIXES = {
+    errno.ENOSPC: f"free space on that filesystem (a snapshot takes about the state's size), {_ANOTHER} on one with room",
+    errno.EDQUOT: f"raise this user's disk quota on that filesystem, {_ANOTHER}",
+    errno.EFBIG: "raise this process's file-size limit (ulimit -f), which the snapshot exceeds",
+    errno.EROFS: f"the filesystem is mounted read-only: mount it read-write, {_ANOTHER} on a writable one",
+    errno.EACCES: f"make it writable by the user this runs as (uid {os.getuid()}, e.g. chown or chmod u+rwx), {_ANOTHER}",
+    errno.ENOTDIR: f"part of that path is a file, not a directory: {_ANOTHER.removeprefix('or ')}",
+    errno.EEXIST: f"a file stands where the directory should be: move it away, {_ANOTHER}",
+    errno.EISDIR: "a directory stands where the file should be: move it away",
+    errno.ENOENT: "the directory is gone (removed or unmounted while running): restore it, or start again with it in place",
+    errno.EIO: "the device reported an I/O error: check the disk or volume",
+}
+_FIXES[errno.EPERM] = _FIXES[errno.EACCES]
+
+
+def storage_error(action: str, path: str | os.PathLike, exc: OSError) -> CheckpointError:
+    """``exc`` from the state directory as a :class:`CheckpointError` naming the path, the OS's reason and the fix."""
+    # The fix depends on the cause: a full disk, a read-only mount and a wrong path need different people.
+    reason = exc.strerror or str(exc)
+    name = errno.errorcode.get(exc.errno or 0)
+    detail = f"{reason} ({name})" if name else reason
+    if exc.filename is not None and os.fspath(exc.filename) != os.fspath(path):
+        detail += f" on {os.fspath(exc.filename)}"
+    fix = _FIXES.get(exc.errno or 0, f"check the state directory, {_ANOTHER}")
+    return CheckpointError(f"cannot {action} {os.fspath(path)}: {detail}; {fix}")
+
+
+def state_directory(directory: str | os.PathLike) -> Path:
+    """Create ``directory`` if needed and prove it writable, so a bad one stops a worker before it reads anything."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # A probe, not os.access(): mode bits do not stop root, and only a write shows a read-only mount.
+        probe = path / f".streammon-probe.{os.getpid()}.tmp"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise storage_error("use the state directory", path, exc) from exc
+    return path
 
 
 def _user_functions(engine: "Engine") -> dict[int, str]:
@@ -133,8 +177,7 @@ class Checkpointer:
     """Snapshots in a local directory: ``<name>.pkl``, replaced atomically by rename."""
 
     def __init__(self, directory: str | os.PathLike, *, interval: float = 5.0, name: str = "snapshot") -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = state_directory(directory)
         self.path = self.directory / f"{name}.pkl"
         self.interval = interval
         self.last_saved: float | None = None  # wall clock of the last snapshot written or read
@@ -146,10 +189,7 @@ class Checkpointer:
         return self.last_saved is None or time.monotonic() - self._last_monotonic >= self.interval
 
     def save(self, engine: "Engine", offsets: Offsets) -> None:
-        try:
-            write_atomically(self.path, dump_engine(engine, offsets, self.lineage), durable=True)
-        except OSError as exc:
-            raise CheckpointError(f"cannot write the snapshot in {self.directory}: {exc}") from exc
+        write_atomically(self.path, dump_engine(engine, offsets, self.lineage), durable=True)
         self.last_saved = time.time()
         self._last_monotonic = time.monotonic()
 
@@ -188,10 +228,13 @@ class Checkpointer:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise CheckpointError(f"cannot read the snapshot {self.path}: {exc}") from exc
+            raise storage_error("read the snapshot", self.path, exc) from exc
         state = load_engine(engine, data)
         self.lineage = state.get("lineage")
-        self.last_saved = self.path.stat().st_mtime
+        try:
+            self.last_saved = self.path.stat().st_mtime
+        except OSError:  # gone since it was read: the state is loaded, only the age gauge starts from now
+            self.last_saved = time.time()
         self._last_monotonic = time.monotonic()
         return state["offsets"]
 
@@ -201,16 +244,31 @@ class Checkpointer:
         for tmp in self.directory.glob(f"{self.path.name}.*.tmp"):
             pid = tmp.name[len(self.path.name) + 1:-len(".tmp")]
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                tmp.unlink(missing_ok=True)
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise storage_error("remove the orphaned temporary file", tmp, exc) from exc
 
 
 class BackgroundWrite:
     """Files written by a forked child, each by rename: the parent goes on with its state as it was at the fork."""
 
     def __init__(self, jobs: list[tuple[Path, Callable[[], bytes]]]) -> None:
-        read_end, write_end = os.pipe()
+        self.directory = jobs[0][0].parent if jobs else Path(".")
         self.started = time.time()
-        pid = os.fork()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError as exc:
+            raise CheckpointError(f"cannot start the snapshot writer for {self.directory}: {exc.strerror or exc}; "
+                                  f"raise the open-file limit (ulimit -n)") from exc
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(read_end)
+            os.close(write_end)
+            raise CheckpointError(f"cannot fork the snapshot writer for {self.directory}: {exc.strerror or exc}; give "
+                                  f"the worker more memory (the child needs up to the state's size again), or run with "
+                                  f"background_checkpoints=False") from exc
         if pid == 0:  # the child: write, report, and leave without running the parent's cleanup
             code = 1
             try:
@@ -218,13 +276,14 @@ class BackgroundWrite:
                 for path, make in jobs:
                     write_atomically(path, make(), durable=True)
                 code = 0
+            except CheckpointError as exc:  # already names the file, the reason and the fix
+                os.write(write_end, str(exc).encode()[:4000])
             except BaseException as exc:  # noqa: BLE001 - reported to the parent through the pipe
-                os.write(write_end, f"{type(exc).__name__}: {exc}".encode()[:4000])
+                os.write(write_end, f"cannot write the snapshot in {self.directory}: {type(exc).__name__}: {exc}".encode()[:4000])
             finally:
                 os._exit(code)
         os.close(write_end)
         self.pid, self._read_end = pid, read_end
-        self.directory = jobs[0][0].parent if jobs else Path(".")
 
     def done(self, *, wait: bool = False) -> bool:
         """True once every file is written; raises :class:`CheckpointError` with the reason if one was not."""
@@ -239,7 +298,7 @@ class BackgroundWrite:
             os.close(self._read_end)
             self._read_end = None
         if os.waitstatus_to_exitcode(status) != 0:
-            raise CheckpointError(f"cannot write the snapshot in {self.directory}: {reason or f'writer exit status {status}'}")
+            raise CheckpointError(reason or f"cannot write the snapshot in {self.directory}: its writer ended with status {status}")
         return True
 
 
@@ -253,23 +312,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_atomically(path: Path, data: bytes, *, durable: bool) -> None:
+def write_atomically(path: Path, data: bytes, *, durable: bool, what: str = "the snapshot") -> None:
     """Replace ``path`` with ``data`` by rename, so a reader sees the old file or the new one, never half.
 
-    ``durable`` also fsyncs the file and its directory, so the new file survives a power cut.
+    ``durable`` also fsyncs the file and its directory, so the new file survives a power cut. An
+    ``OSError`` (full disk, read-only mount, missing directory) is raised as :class:`CheckpointError`.
     """
     # One temporary name per process: a worker's orphaned writer (or a second worker started by
     # mistake on the same directory) never writes into the file another is about to rename.
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # half a file on a full disk only takes the room others need
+            tmp.unlink(missing_ok=True)
+        raise storage_error(f"write {what}", path, exc) from exc
     if durable:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise storage_error(f"write {what}", path, exc) from exc

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ from .apps import AppLoadError, load_app
 from .cli_generate import UsageError, add_generate_commands
 from .cli_kafka import kafka_dead_letter as _kafka_dead_letter
 from .cli_kafka import kafka_option as _kafka_option
+from .cli_kafka import kafka_settings
 from .cli_kafka import kafka_source as _kafka_source
 from .errors import RegistrationError, SourceError, StreamMonError
 from .monitor import Monitor
@@ -123,6 +125,7 @@ def _replay(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if bool(args.source) == bool(args.bootstrap_servers):
         raise _UsageError("give either --bootstrap-servers HOST:PORT (Kafka) or --source FILE... (event files)")
+    security = _metrics_security(args)
     monitor = load_app(args.app)
     if args.scale_out:
         _require_mergeable(monitor)
@@ -132,12 +135,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         source = _source(args.source, args.order)
         dead_letter = contextlib.nullcontext()
-    server = _serve(monitor, args.metrics_port, args.metrics_host)
+    server = _serve(monitor, args, security)
     print(f"serving {server.url}", flush=True)
     try:
         with _stop_on_signals() as stop, _dead_letter(monitor, args.dead_letter), dead_letter:
             monitor.run(source, until=stop.is_set, state_dir=args.state_dir, checkpoint_interval=args.checkpoint_interval,
-                        publish_interval=args.publish_interval)
+                        publish_interval=args.publish_interval, max_idle=args.max_idle)
             print(_health(monitor), file=sys.stderr, flush=True)
             if args.source and not args.exit_when_done and not stop.is_set():
                 print(f"input done; serving {server.url} until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
@@ -157,11 +160,12 @@ def _require_mergeable(monitor: Monitor) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
+    security = _metrics_security(args)
     monitor = load_app(args.app)
     if not Path(args.state_dir).is_dir():
         raise _UsageError(f"--state-dir {args.state_dir} is not a directory: give the one the scaled-out workers share")
     _require_mergeable(monitor)
-    server = _serve(monitor, args.metrics_port, args.metrics_host)
+    server = _serve(monitor, args, security)
     print(f"serving {server.url}", flush=True)
     try:
         with _stop_on_signals() as stop:
@@ -171,11 +175,46 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(monitor: Monitor, port: int, host: str):
+def _serve(monitor: Monitor, args: argparse.Namespace, security: dict[str, Any]):
+    host, port = args.metrics_host, args.metrics_port
     try:
-        return monitor.serve(port, host=host)
+        return monitor.serve(port, host=host, **security)
+    except RegistrationError as exc:  # a certificate or key that cannot be loaded
+        raise _UsageError(str(exc)) from exc
     except OSError as exc:
         raise _UsageError(f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def _metrics_security(args: argparse.Namespace) -> dict[str, Any]:
+    """``serve()``'s TLS and basic-auth settings from the flags, checked before anything starts."""
+    if args.tls_key and not args.tls_cert:
+        raise _UsageError("--tls-key needs --tls-cert FILE (the certificate the key belongs to)")
+    security: dict[str, Any] = {"certfile": args.tls_cert, "keyfile": args.tls_key}
+    if args.basic_auth_file:
+        security["basic_auth"] = _read_basic_auth(args.basic_auth_file)
+    return security
+
+
+def _read_basic_auth(path: str) -> tuple[str, str]:
+    """``(user, password)`` from a file of one line ``user:password``, so no secret is in the process list."""
+    fix = f"write one line user:password to it, e.g. printf '%s' 'prom:SECRET' > {path} && chmod 600 {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise _UsageError(f"--basic-auth-file {path} does not exist: {fix}") from None
+    except UnicodeDecodeError:
+        raise _UsageError(f"--basic-auth-file {path} is not UTF-8 text: {fix}") from None
+    except OSError as exc:
+        raise _UsageError(f"cannot read --basic-auth-file {path}: {exc.strerror or exc}") from None
+    lines = text.rstrip("\r\n").splitlines()
+    user, colon, password = lines[0].partition(":") if len(lines) == 1 else ("", "", "")
+    if not (user and colon and password):  # never echo the content: it may be the secret, mistyped
+        raise _UsageError(f"--basic-auth-file {path} must hold exactly one line user:password (neither empty): {fix}")
+    # A warning, not a refusal: Kubernetes and Docker mount secrets 0644/0444 by default, alone in their container.
+    if mode & 0o044:
+        log.warning("--basic-auth-file %s is readable by other users (mode %o): chmod 600 %s", path, mode & 0o777, path)
+    return user, password
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -214,7 +253,7 @@ def _produce(args: argparse.Namespace) -> int:
     try:
         producer = EventProducer(args.bootstrap_servers, predictions_topic=args.predictions_topic or "predictions",
                                  feedback_topic=args.feedback_topic or "feedback", compression=args.compression,
-                                 **dict(args.kafka_option))
+                                 **kafka_settings(args))
     except RegistrationError as exc:
         source.close()
         raise _UsageError(str(exc)) from exc
@@ -285,6 +324,10 @@ def _parser() -> argparse.ArgumentParser:
                      "processes (uses a second core; see docs/kafka.md)")
     run.add_argument("--publish-interval", type=float, default=1.0,
                      help="with --scale-out: seconds between writes of the partitions' partial aggregates (default 1)")
+    run.add_argument("--max-idle", type=float, default=0.5, metavar="SECONDS",
+                     help="Kafka: how long an empty partition at the end of its log holds the others back, so both "
+                     "topics are processed in event-time order (default 0.5; see docs/kafka.md, Input order)")
+    _add_metrics_security(run)
     run.set_defaults(handler=_run)
 
     export = commands.add_parser("export", help="serve the merged metrics of a scaled-out group of workers")
@@ -293,6 +336,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--refresh", type=float, default=0.5, help="seconds between reads of the partials (default 0.5)")
     export.add_argument("--metrics-port", type=int, default=9108, help="port of /metrics (default 9108; 0 picks one)")
     export.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
+    _add_metrics_security(export)
     export.set_defaults(handler=_export)
 
     demo = commands.add_parser("demo", help="a simulated taxi-tip model with drift, served on /metrics")
@@ -327,6 +371,14 @@ def _parser() -> argparse.ArgumentParser:
 
     add_generate_commands(commands)
     return parser
+
+
+def _add_metrics_security(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--tls-cert", metavar="FILE", help="serve /metrics over HTTPS with this PEM certificate "
+                         "(chain); the key too unless --tls-key is given")
+    command.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key (unencrypted)")
+    command.add_argument("--basic-auth-file", metavar="FILE", help="require basic auth on /metrics with the "
+                         "user:password on this file's one line (keep it chmod 600)")
 
 
 class _StderrHandler(logging.StreamHandler):

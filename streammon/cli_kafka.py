@@ -1,16 +1,27 @@
-"""The Kafka parts of the command line: the source and dead-letter sink a ``run`` builds, and ``-X``."""
+"""The Kafka parts of the command line: the source and dead-letter sink a ``run`` builds, and ``-X``.
+
+Client settings come from ``STREAMMON_KAFKA_<KEY>`` environment variables and from ``-X KEY=VALUE``
+(which wins). A value ``@PATH`` is read from that file, so a secret need not be on the command
+line, where every local user sees it in the process list (``@@...`` is a literal ``@...``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import functools
-from typing import Any, Iterator
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 from .cli_generate import UsageError
 from .monitor import Monitor
 
-__all__ = ["kafka_source", "kafka_dead_letter", "kafka_option"]
+__all__ = ["kafka_source", "kafka_dead_letter", "kafka_option", "kafka_settings", "ENV_PREFIX"]
+
+log = logging.getLogger("streammon")
+ENV_PREFIX = "STREAMMON_KAFKA_"
 
 
 def kafka_source(args: argparse.Namespace):
@@ -21,7 +32,7 @@ def kafka_source(args: argparse.Namespace):
         from .connectors.kafka_confluent import ConfluentKafkaSource as Source
     else:
         from .connectors.kafka import KafkaSource as Source
-    options: dict[str, Any] = dict(args.kafka_option)
+    options = kafka_settings(args)
     if args.scale_out:
         if not args.group or not args.state_dir:
             raise UsageError("--scale-out needs --group NAME (the workers' consumer group) and --state-dir DIR "
@@ -36,9 +47,47 @@ def kafka_source(args: argparse.Namespace):
 
 
 def kafka_option(text: str) -> tuple[str, Any]:
+    """``-X KEY=VALUE`` as (key, value); ``KEY=@PATH`` reads the value from a file (argparse's ``type``)."""
     key, sep, raw = text.partition("=")
     if not (sep and key):
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. security_protocol=SSL")
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. security_protocol=SSL (or KEY=@FILE to read "
+                                         f"the value from a file)")
+    try:
+        return key, _value(raw, f"-X {key}")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def kafka_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The Kafka client settings of a command: ``STREAMMON_KAFKA_*`` variables, overridden by ``-X``."""
+    settings = environment_settings(os.environ if environ is None else environ)
+    settings.update(dict(args.kafka_option))
+    return settings
+
+
+def environment_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``STREAMMON_KAFKA_SASL_PLAIN_PASSWORD`` -> ``sasl_plain_password``; ``__`` -> ``.`` (``SECURITY__PROTOCOL``)."""
+    # Environment names cannot hold dots, and confluent-kafka's keys have them while kafka-python's
+    # have underscores; a double underscore is the one spelling that maps both without ambiguity.
+    settings = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        if not key.strip("._"):
+            raise UsageError(f"the environment variable {name} names no setting: give it as {ENV_PREFIX}<KEY>, "
+                             f"e.g. {ENV_PREFIX}SASL_PLAIN_PASSWORD or {ENV_PREFIX}SECURITY__PROTOCOL (security.protocol)")
+        settings[key] = _value(environ[name], f"${name}")
+    if settings:
+        log.info("Kafka settings from the environment: %s", ", ".join(settings))  # names only, never values
+    return settings
+
+
+def _value(raw: str, where: str) -> Any:
+    if raw.startswith("@@"):
+        return raw[1:]
+    if raw.startswith("@"):
+        return _read_value(raw[1:], where)
     value: Any = {"true": True, "false": False}.get(raw.lower(), raw)
     if isinstance(value, str):
         for kind in (int, float):
@@ -47,7 +96,27 @@ def kafka_option(text: str) -> tuple[str, Any]:
                 break
             except ValueError:
                 pass
-    return key, value
+    return value
+
+
+def _read_value(path: str, where: str) -> str:
+    """The text of a file holding one setting (a secret, typically), without its trailing newline."""
+    # Always text, never converted: a password of digits must stay a string.
+    fix = f"write the value alone to it, e.g. printf '%s' 'VALUE' > FILE && chmod 600 FILE, and give {where}=@FILE"
+    if not path:
+        raise UsageError(f"{where}=@ names no file: {fix}")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{where}=@{path}: the file does not exist; {fix}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{where}=@{path}: the file is not UTF-8 text; {fix}") from None
+    except OSError as exc:
+        raise UsageError(f"{where}=@{path}: cannot read the file: {exc.strerror or exc}") from None
+    text = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")  # what echo and editors add
+    if not text:
+        raise UsageError(f"{where}=@{path}: the file is empty; {fix}")
+    return text
 
 
 _CONSUMER_ONLY = ("group.", "session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms", "partition.assignment.",
@@ -57,7 +126,7 @@ _CONSUMER_ONLY = ("group.", "session.timeout.ms", "heartbeat.interval.ms", "max.
 
 @contextlib.contextmanager
 def kafka_dead_letter(monitor: Monitor, args: argparse.Namespace) -> Iterator[None]:
-    options = dict(args.kafka_option)
+    options = kafka_settings(args)
     if args.kafka_client == "confluent":
         from .connectors.kafka_confluent import ConfluentKafkaDeadLetter as DeadLetter
         # librdkafka warns about every consumer property a producer is given; leave the group's out.

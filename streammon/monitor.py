@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .align import Decoded, EventTimeAligner, can_align
 from .connectors.base import DeadLetterSink, Message, Source, next_offsets
 from .engine import Engine, SeriesKeys
-from .errors import EventError, RegistrationError
+from .errors import EventError, RegistrationError, StreamMonError
 from .events import EventPolicy, decode_event
 from .exporter import MetricsServer, MonitorCollector, Sample, samples
 from .join import MemoryJoinStore
@@ -95,7 +95,7 @@ class Monitor:
         self._policy = EventPolicy(max_event_bytes=s.max_event_bytes, max_future_seconds=s.max_future_seconds)
         self._engine = self._new_engine(())
         self._lock = threading.RLock()
-        self._rejected_logged = 0
+        self._rejected_logged = self._sink_failures = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(MonitorCollector(self))
         self._server: MetricsServer | None = None
@@ -213,8 +213,13 @@ class Monitor:
                 try:
                     self.dead_letter.send(msg, reason)
                     sent += 1
-                except Exception:  # noqa: BLE001 - a failing sink must not stop the monitor; the count shows it
-                    log.exception("dead-letter sink failed for a rejected event")
+                except Exception as exc:  # noqa: BLE001 - a failing sink must not stop the monitor; the count shows it
+                    self._sink_failures += 1
+                    f = self._sink_failures
+                    if f <= 10 or f & (f - 1) == 0:  # a sink that is down fails every event: the log says so, not floods
+                        log.error("dead-letter sink failed for rejected event (topic %s, partition %d, offset %d), "
+                                  "failure #%d: %s", msg.topic or "-", msg.partition, msg.offset, f, exc,
+                                  exc_info=not isinstance(exc, StreamMonError))
             self._rejected_logged += 1
             n = self._rejected_logged
             if n <= 10 or n & (n - 1) == 0:  # the first ten, then at powers of two
@@ -387,11 +392,17 @@ class Monitor:
         return found[0]
 
     def serve(self, port: int = 9108, *, host: str = "127.0.0.1", certfile: str | None = None,
-              keyfile: str | None = None, basic_auth: tuple[str, str] | None = None) -> MetricsServer:
-        """Serve ``/metrics`` in a background thread (``port=0`` picks a free port)."""
+              keyfile: str | None = None, basic_auth: tuple[str, str] | None = None,
+              timeout: float = 10.0) -> MetricsServer:
+        """Serve ``/metrics`` in a background thread (``port=0`` picks a free port).
+
+        ``certfile``/``keyfile`` turn on TLS, ``basic_auth=(user, password)`` requires it; every
+        client connection is closed ``timeout`` seconds after it was accepted, so none can hold the endpoint.
+        """
         if self._server is not None:
             self._server.close()
-        self._server = MetricsServer(self.registry, host=host, port=port, certfile=certfile, keyfile=keyfile, basic_auth=basic_auth)
+        self._server = MetricsServer(self.registry, host=host, port=port, certfile=certfile, keyfile=keyfile,
+                                     basic_auth=basic_auth, timeout=timeout)
         return self._server
 
     def close(self) -> None:

@@ -154,8 +154,9 @@ class PartialsExporter:
         self.monitor = monitor
         self.directory = Path(state_dir)
         self.latest: dict[int, dict[str, Any]] = {}  # partition -> newest partial accepted
+        self.errors: dict[str, int] = defaultdict(int)  # partition (from the file name) -> file versions refused
         self._seen: dict[Path, tuple[tuple[int, int, int], int]] = {}  # file -> (its stat, wall ns) when last read
-        self._refused: set[tuple[Path, int]] = set()
+        self._refused: dict[Path, tuple[int, int, int]] = {}  # file -> stat of the version last refused
 
     def refresh(self) -> bool:
         """Read what changed; rebuild the view if any partition moved on. True when it did."""
@@ -171,14 +172,23 @@ class PartialsExporter:
                 if seen is not None and seen[0] == key and seen[1] > stat.st_mtime_ns + _SETTLED_NS:
                     continue
                 self._seen[path] = (key, time.time_ns())
-                part = loads(path.read_bytes(), self.monitor._engine)
+                data = path.read_bytes()
             except FileNotFoundError:
                 continue
-            except (CheckpointError, OSError, EOFError, ValueError) as exc:
-                if (path, stat.st_mtime_ns) not in self._refused:
-                    self._refused.add((path, stat.st_mtime_ns))
-                    log.error("cannot use %s (%s); keeping this partition's previous partial", path, exc)
+            except OSError as exc:
+                self._refuse(path, key, f"cannot read it: {exc.strerror or exc}")
                 continue
+            try:
+                part = _checked(loads(data, self.monitor._engine), path)
+            except CheckpointError as exc:
+                self._refuse(path, key, str(exc))
+                continue
+            # Any bytes can be in the file (truncated by a full disk, copied in by hand): unpickling
+            # garbage raises almost anything, and none of it may stop the exporter.
+            except Exception as exc:  # noqa: BLE001
+                self._refuse(path, key, f"it is not a complete partials file ({type(exc).__name__}: {exc})"[:500])
+                continue
+            self._refused.pop(path, None)
             if self._accept(part):
                 changed = True
         if changed:
@@ -186,6 +196,16 @@ class PartialsExporter:
             with self.monitor._lock:
                 self.monitor._engine = view
         return changed
+
+    def _refuse(self, path: Path, key: tuple[int, int, int], reason: str) -> None:
+        # Counted and logged once per version of the file: the refresh re-reads it while it settles.
+        if self._refused.get(path) == key:
+            return
+        self._refused[path] = key
+        partition = path.name[len("partials-"):-len(".pkl")]
+        self.errors[partition] += 1
+        held = "keeps its last good partial" if partition.isdigit() and int(partition) in self.latest else "has no good partial yet"
+        log.error("cannot use %s: %s; partition %s %s until the file changes and is read again", path, reason, partition, held)
 
     def _accept(self, part: dict[str, Any]) -> bool:
         # A worker restored from an older checkpoint re-writes partials behind ones already seen;
@@ -202,14 +222,27 @@ class PartialsExporter:
         return {p: max(0.0, now - part["written"]) for p, part in self.latest.items()}
 
 
+_FIELDS = ("partition", "lineage", "version", "written", "stream_time", "labels", "overflow", "health", "pending",
+           "counts", "windows")
+
+
+def _checked(part: Any, path: Path) -> dict[str, Any]:
+    """``part`` if it has every field :func:`merge_partials` reads, for the partition its file is named after."""
+    if not isinstance(part, dict) or any(name not in part for name in _FIELDS):
+        raise CheckpointError("it is not a partials file of this version of streammon")
+    if PARTIALS.format(part["partition"]) != path.name:
+        raise CheckpointError(f"it holds partition {part['partition']!r}, not the one in its name (copied or renamed?)")
+    return part
+
+
 def published_lineage(directory: Path, partition: int, engine: Engine) -> str | None:
     """The lineage of the partials last published for ``partition``, if any can be read."""
     try:
         return loads((directory / PARTIALS.format(partition)).read_bytes(), engine)["lineage"]
-    except (OSError, CheckpointError, EOFError, ValueError, KeyError):
+    except Exception:  # noqa: BLE001 - unreadable or garbage: a fresh lineage, and the file is overwritten
         return None
 
 
 def write_partials(directory: Path, partition: int, data: bytes) -> None:
     # Partials can be rebuilt from the checkpoint, so they skip the fsync that checkpoints pay for.
-    write_atomically(directory / PARTIALS.format(partition), data, durable=False)
+    write_atomically(directory / PARTIALS.format(partition), data, durable=False, what="the partial aggregates")

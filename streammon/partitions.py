@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .checkpoint import BackgroundWrite, Checkpointer, CheckpointError, dump_engine, require_picklable
+from .checkpoint import BackgroundWrite, Checkpointer, CheckpointError, dump_engine, require_picklable, state_directory
 from .align import EventTimeAligner, can_align
 from .connectors.base import Message, next_offsets
 from .engine import Engine, Health
@@ -55,8 +55,7 @@ class PartitionWorker:
         self.source = source
         # Each partition number is one group: both topics of it, aligned by event time (streammon.align).
         self.aligner = EventTimeAligner(source.topics, max_idle=max_idle) if can_align(source) else None
-        self.directory = Path(state_dir)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = state_directory(state_dir)
         if (self.directory / "snapshot.pkl").exists():
             raise CheckpointError(f"{state_dir} holds a single worker's snapshot; a scaled-out group keeps state per "
                                   f"partition: give it another --state-dir, or run without scale-out")

@@ -237,3 +237,81 @@ def test_a_user_merge_that_raises_is_counted_and_the_other_metrics_still_served(
     assert monitor.value("n") == 1
     errors = {s.labels["metric"]: s.value for s in monitor.values() if s.name == "streammon_operator_errors_total"}
     assert errors == {"broken": 1}
+
+
+# -- corrupt partials files -------------------------------------------------------------------
+def _errors(monitor: sm.Monitor) -> dict[str, float]:
+    return {s.labels["partition"]: s.value for s in monitor.values() if s.name == "streammon_partials_errors_total"}
+
+
+def _always_reread(path) -> None:
+    # A modification time in the future never counts as settled, so every refresh reads the file again.
+    import os
+    import time
+    future = time.time_ns() + 3600 * 10**9
+    os.utime(path, ns=(future, future))
+
+
+def _garbage(monitor: sm.Monitor) -> dict[str, bytes]:
+    import pickle
+    good = _partial(monitor, [{"id": "z", "ts": 9, "prediction": 1}], offset=9, lineage="a")
+    return {
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+        "not a pickle": b"\x00garbage\xff" * 100,
+        "a pickle of a list": pickle.dumps([1, 2, 3]),
+        "another partition's file": dump_partials(monitor._new_engine(monitor.metrics), partition=5,
+                                                  offsets={("predictions", 5): 1}, lineage="a"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "not a pickle", "a pickle of a list", "another partition's file"])
+def test_a_corrupt_partials_file_keeps_the_last_good_value_and_is_counted_and_logged_once(tmp_path, caplog, kind):
+    monitor = counting()
+    exporter = PartialsExporter(monitor, str(tmp_path))
+    monitor._exporter = exporter  # as Monitor.export sets it: the exporter's own series are served
+    evs = [{"id": f"p{i}", "ts": i, "prediction": 1} for i in range(5)]
+    write_partials(tmp_path, 0, _partial(monitor, evs[:3], offset=3, lineage="a"))
+    assert exporter.refresh() and monitor.value("n") == 3
+    assert _errors(monitor) == {}
+
+    path = tmp_path / "partials-0.pkl"
+    path.write_bytes(_garbage(monitor)[kind])
+    _always_reread(path)
+    caplog.clear()
+    for _ in range(3):  # read three times, one version: one count, one log line
+        assert not exporter.refresh()
+    assert monitor.value("n") == 3
+    assert _errors(monitor) == {"0": 1}
+    refusals = [r for r in caplog.records if "partials-0.pkl" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelname == "ERROR"
+    assert "partition 0 keeps its last good partial until the file changes" in refusals[0].getMessage()
+
+    # A new version of the file is read again: good, it is taken; the count stays what it was.
+    write_partials(tmp_path, 0, _partial(monitor, evs[:4], offset=4, lineage="a"))
+    assert exporter.refresh() and monitor.value("n") == 4
+    assert _errors(monitor) == {"0": 1}
+
+
+def test_the_export_loop_goes_on_past_a_corrupt_file_of_a_partition_never_read(tmp_path, caplog):
+    monitor = counting()
+    write_partials(tmp_path, 0, _partial(monitor, [{"id": "a", "ts": 1, "prediction": 1}], offset=1, lineage="a"))
+    (tmp_path / "partials-1.pkl").write_bytes(b"\x80\x05garbage")  # a worker died mid-copy, or a disk filled
+    rounds = []
+
+    def until() -> bool:
+        rounds.append(1)
+        return len(rounds) > 3
+
+    monitor.export(str(tmp_path), refresh=0.001, until=until)
+    assert monitor.value("n") == 1
+    assert _errors(monitor) == {"1": 1}
+    assert "partition 1 has no good partial yet" in caplog.text
+
+
+def test_a_worker_takes_a_fresh_lineage_over_a_garbage_partials_file(tmp_path):
+    from streammon.partials import published_lineage
+
+    monitor = counting()
+    (tmp_path / "partials-0.pkl").write_bytes(b"\x80\x05garbage")
+    assert published_lineage(tmp_path, 0, monitor._new_engine(monitor.metrics)) is None

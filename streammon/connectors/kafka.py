@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any, Mapping
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from ..errors import SourceError
+from ..errors import RegistrationError, SourceError
 from .base import Message, RebalanceListener
 from .kafka_group import CoPartitionAssignor, RebalanceBridge
 
@@ -36,17 +37,64 @@ def check_co_partitioned(counts: Mapping[str, set[int]]) -> None:
         )
 
 
-def dead_letter_record(message: Message, reason: str) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-    """(key, value, headers) of the dead-letter copy of ``message``: same bytes, reason and origin in headers."""
+# Under Apache Kafka's default broker and topic limit (message.max.bytes, 1,048,588) and both
+# clients' defaults (max_request_size 1 MiB, librdkafka's message.max.bytes 1,000,000).
+DEAD_LETTER_MAX_BYTES = 1_000_000
+_MIN_RECORD_BYTES = 4096  # room for the headers and some of the value
+# Record and batch framing counted generously (a batch header is 61 bytes, each field a few varint bytes).
+_FRAMING_BYTES = 512
+_REASON_BYTES = 1024  # a reason is a line of text; a longer one is cut too when the record must shrink
+
+
+def dead_letter_limit(max_bytes: int | None, producer_limit: int) -> int:
+    """The record size a dead-letter sink keeps under: ``max_bytes`` (default 1,000,000), never above the producer's."""
+    limit = DEAD_LETTER_MAX_BYTES if max_bytes is None else max_bytes
+    if not isinstance(limit, int) or limit < _MIN_RECORD_BYTES:
+        raise RegistrationError(f"max_record_bytes={max_bytes!r}: give at least {_MIN_RECORD_BYTES} bytes (the default, "
+                                f"{DEAD_LETTER_MAX_BYTES:,}, fits Kafka's default limits)")
+    return min(limit, producer_limit)
+
+
+def dead_letter_record(message: Message, reason: str, *, max_bytes: int = DEAD_LETTER_MAX_BYTES
+                       ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """(key, value, headers) of the dead-letter copy of ``message``: same bytes, reason and origin in headers.
+
+    A record that would exceed ``max_bytes`` (a payload rejected for its size, typically) is cut to
+    fit: the value first, the key only if it alone takes more than half the room. Header
+    ``streammon.truncated`` then names what was cut (``value``, or a list such as ``key,value``) and
+    ``streammon.original_size`` (and ``streammon.original_key_size``) give the original lengths in bytes.
+    """
     value = message.value
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
     elif value is not None and not isinstance(value, (bytes, bytearray)):  # None: a tombstone stays one
         value = json.dumps(value, default=str).encode()
+    value = None if value is None else bytes(value)
     key = message.key.encode("utf-8", "surrogateescape") if isinstance(message.key, str) else message.key
     headers = [("streammon.reason", reason.encode()),
                ("streammon.origin", f"{message.topic}/{message.partition}/{message.offset}".encode())]
-    return key, None if value is None else bytes(value), headers
+
+    def size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+        return _FRAMING_BYTES + len(key or b"") + len(value or b"") + sum(len(h) + len(v) + 10 for h, v in headers)
+
+    if size(key, value, headers) <= max_bytes:
+        return key, value, headers
+    cut, extra = [], []
+    if len(headers[0][1]) > _REASON_BYTES:
+        cut.append("reason")
+        headers[0] = ("streammon.reason", headers[0][1][:_REASON_BYTES])
+    room = max_bytes - size(None, None, headers + [("streammon.truncated", b"reason,key,value"),
+                                                   ("streammon.original_size", b"0" * 20),
+                                                   ("streammon.original_key_size", b"0" * 20)])
+    if key is not None and len(key) > room // 2:
+        cut.append("key")
+        extra.append(("streammon.original_key_size", str(len(key)).encode()))
+        key = key[:room // 2]
+    if value is not None and len(key or b"") + len(value) > room:
+        cut.append("value")
+        extra.insert(0, ("streammon.original_size", str(len(value)).encode()))
+        value = value[:room - len(key or b"")]
+    return key, value, headers + [("streammon.truncated", ",".join(cut).encode())] + extra
 
 
 class CachedHealth:
@@ -210,20 +258,50 @@ class KafkaDeadLetter:
 
     Delivery is at least once: after a crash, events since the last checkpoint are read and may be
     rejected again. Consumers can drop repeats by the ``streammon.origin`` header (topic/partition/offset).
+
+    A record larger than ``max_record_bytes`` (default 1,000,000, and never more than the
+    producer's ``max_request_size``) is sent truncated, with headers ``streammon.truncated`` and
+    ``streammon.original_size`` (see :func:`dead_letter_record`). ``delivered`` and ``failed``
+    count the broker's answers; a send that fails is logged, and raised when it fails at once.
     """
 
-    def __init__(self, bootstrap_servers: str | list[str], *, topic: str = "streammon-dead-letter", **kafka_settings: Any) -> None:
+    def __init__(self, bootstrap_servers: str | list[str], *, topic: str = "streammon-dead-letter",
+                 max_record_bytes: int | None = None, **kafka_settings: Any) -> None:
         self.topic = topic
         settings = dict(bootstrap_servers=bootstrap_servers, compression_type="gzip", linger_ms=20)
         settings.update(kafka_settings)
+        self.max_record_bytes = dead_letter_limit(
+            max_record_bytes, int(settings.get("max_request_size", KafkaProducer.DEFAULT_CONFIG["max_request_size"])))
         try:
             self._producer = KafkaProducer(**settings)
         except KafkaError as exc:
             raise SourceError(f"cannot connect the dead-letter producer to {bootstrap_servers}: {exc}") from exc
+        self.delivered = 0
+        self.failed = 0
+        self._count_lock = threading.Lock()  # delivery callbacks run in the producer's I/O thread
 
     def send(self, message: Message, reason: str) -> None:
-        key, value, headers = dead_letter_record(message, reason)
-        self._producer.send(self.topic, value=value, key=key, headers=headers)
+        key, value, headers = dead_letter_record(message, reason, max_bytes=self.max_record_bytes)
+        origin = headers[1][1].decode()
+        try:
+            future = self._producer.send(self.topic, value=value, key=key, headers=headers)
+        except KafkaError as exc:  # buffer full past max_block_ms, no metadata, closed: the caller counts it unsent
+            self._count(failed=True)
+            raise SourceError(f"cannot send the rejected event {origin} to the dead-letter topic {self.topic!r}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        future.add_callback(lambda _metadata: self._count(failed=False))
+        future.add_errback(lambda exc: self._count(failed=True, origin=origin, error=exc))
+
+    def _count(self, *, failed: bool, origin: str | None = None, error: BaseException | None = None) -> None:
+        with self._count_lock:
+            if not failed:
+                self.delivered += 1
+                return
+            self.failed += 1
+            n = self.failed
+        if error is not None and (n <= 10 or n & (n - 1) == 0):  # the first ten, then at powers of two
+            log.error("the rejected event %s was not delivered to the dead-letter topic %s: %s (%d failed so far)",
+                      origin, self.topic, error, n)  # kafka-python's errors name their type themselves
 
     def flush(self, timeout: float | None = None) -> None:
         self._producer.flush(timeout=timeout)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 from ..errors import SourceError
 from .base import Message, RebalanceListener
-from .kafka import CachedHealth, check_co_partitioned, dead_letter_record
+from .kafka import CachedHealth, check_co_partitioned, dead_letter_limit, dead_letter_record
 
 __all__ = ["ConfluentKafkaSource", "ConfluentKafkaDeadLetter"]
 
@@ -349,7 +349,10 @@ class ConfluentKafkaSource(CachedHealth):
 class ConfluentKafkaDeadLetter:
     """:class:`~streammon.connectors.kafka.KafkaDeadLetter` on confluent-kafka: same topic, key, value, headers.
 
-    Delivery failures are logged and counted in ``failed``; ``flush`` waits for every event sent.
+    Delivery failures are logged and counted in ``failed``; ``flush`` waits for every event sent. A
+    record larger than ``max_record_bytes`` (default 1,000,000, never more than the producer's
+    ``message.max.bytes``) is sent truncated, with headers ``streammon.truncated`` and
+    ``streammon.original_size``.
 
     >>> from streammon.connectors import Message
     >>> from streammon.connectors.broker import EmbeddedBroker
@@ -363,13 +366,18 @@ class ConfluentKafkaDeadLetter:
     """
 
     def __init__(self, bootstrap_servers: str | list[str], *, topic: str = "streammon-dead-letter",
-                 **settings: Any) -> None:
+                 max_record_bytes: int | None = None, **settings: Any) -> None:
         ck = self._ck = _confluent()
         self.topic = topic
         servers = _servers(bootstrap_servers)
         config = {"bootstrap.servers": servers, "compression.type": "gzip", "linger.ms": 20,
                   "logger": logging.getLogger("streammon.librdkafka")}
         config.update(settings)
+        try:
+            producer_limit = int(config.get("message.max.bytes", 1_000_000))  # librdkafka's default
+        except (TypeError, ValueError):  # not a number: librdkafka refuses it below, with its own message
+            producer_limit = 1_000_000
+        self.max_record_bytes = dead_letter_limit(max_record_bytes, producer_limit)
         try:
             self._producer = ck.Producer(config)
         except (ck.KafkaException, ValueError, TypeError) as exc:
@@ -379,7 +387,7 @@ class ConfluentKafkaDeadLetter:
         self._failures = _Throttled()
 
     def send(self, message: Message, reason: str) -> None:
-        key, value, headers = dead_letter_record(message, reason)
+        key, value, headers = dead_letter_record(message, reason, max_bytes=self.max_record_bytes)
         produce = self._producer.produce
         try:
             try:
@@ -388,7 +396,9 @@ class ConfluentKafkaDeadLetter:
                 self._producer.poll(1.0)
                 produce(self.topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
         except (BufferError, self._ck.KafkaException) as exc:
-            raise SourceError(f"cannot send to the dead-letter topic {self.topic!r}: {_describe(exc)}") from exc
+            self.failed += 1  # the caller counts it unsent; failed counts every event the topic did not get
+            raise SourceError(f"cannot send the rejected event {headers[1][1].decode()} to the dead-letter topic "
+                              f"{self.topic!r}: {_describe(exc)}") from exc
         self._producer.poll(0)  # serve delivery reports of earlier sends
 
     def _on_delivery(self, error: Any, _message: Any) -> None:

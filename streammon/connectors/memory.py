@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -72,6 +73,7 @@ class PartitionedMemorySource:
         self._paused: set[TopicPartition] = set()
         self._schedule = schedule or _random_schedule(random.Random(seed))
         self.committed: dict[TopicPartition, int] = {}
+        self._resumed: dict[TopicPartition, int] = {}
 
     @property
     def input_partitions(self) -> list[TopicPartition]:
@@ -102,6 +104,7 @@ class PartitionedMemorySource:
     def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
         for tp in self._log:
             self._position[tp] = offsets.get(tp, 0)
+        self._resumed = dict(offsets)  # processed before the restart: a checkpoint holds them
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         self.committed.update(offsets)
@@ -109,7 +112,8 @@ class PartitionedMemorySource:
     @property
     def done(self) -> bool:
         """True once every record is delivered and committed (the monitor processed it)."""
-        return all(self.committed.get(tp, 0) >= len(values) for tp, values in self._log.items())
+        done = {**self._resumed, **self.committed}
+        return all(done.get(tp, 0) >= len(values) for tp, values in self._log.items())
 
     @property
     def exhausted(self) -> bool:
@@ -131,7 +135,6 @@ def _key(value: Any) -> bytes | None:
     if isinstance(value, Mapping):
         event_id = value.get("id")
     else:
-        import json
         try:
             event_id = json.loads(value).get("id")
         except (ValueError, AttributeError, TypeError):
