@@ -61,12 +61,61 @@ def make_events(n_predictions: int, seed: int = 7, spacing: float = 0.1) -> list
 
 
 def start_worker(broker, state_dir, port, *extra, app="tests/kafka_app.py:monitor"):
-    return subprocess.Popen(
-        [sys.executable, "-m", "streammon", "run", app, "--bootstrap-servers", broker.bootstrap_servers,
-         "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.3", "--group", "recovery-test",
-         *extra],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    # stderr goes to a file: a pipe nobody reads fills up and blocks a worker that logs (a hang, not a failure).
+    with open(worker_log(state_dir), "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streammon", "run", app, "--bootstrap-servers", broker.bootstrap_servers,
+             "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.3",
+             "--group", "recovery-test", *extra],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+
+
+def worker_log(state_dir) -> Path:
+    return Path(state_dir).parent / f"{Path(state_dir).name}-worker.log"
+
+
+def log_tail(state_dir, n: int = 4000) -> str:
+    path = worker_log(state_dir)
+    return path.read_bytes()[-n:].decode(errors="replace") if path.exists() else "(no log)"
+
+
+def kill_repeatedly(start, kills: int, rng: random.Random, delay: tuple[float, float], variants, state_dir):
+    """Start a worker, SIGKILL it ``kills`` times at random moments, restarting it with the next variant's
+    extra arguments each time; returns the last worker, left running."""
+    worker = start()
+    for kill in range(kills):
+        time.sleep(rng.uniform(*delay))
+        if worker.poll() is not None:
+            raise AssertionError(f"worker died by itself:\n{log_tail(state_dir)}")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        worker = start(*variants[kill % len(variants)])
+    return worker
+
+
+def stop(worker) -> None:
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(10)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+
+
+def events_seen(samples) -> float:
+    return sum(v for (n, labels), v in samples.items() if n == "streammon_events_total")
+
+
+def read_everything(port, expected: int, timeout: float, state_dir) -> dict:
+    """Wait until the worker has counted ``expected`` events, then check that nothing more arrives."""
+    try:
+        wait_for(lambda: events_seen(scrape(port)) >= expected, timeout, "the worker to read every event")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nworker log:\n{log_tail(state_dir)}") from None
+    time.sleep(1.0)  # anything counted twice would show up now
+    got = scrape(port)
+    assert events_seen(got) == expected
+    return got
 
 
 def test_sigkill_at_twenty_moments_loses_and_doubles_nothing(broker, tmp_path):
@@ -86,36 +135,14 @@ def test_sigkill_at_twenty_moments_loses_and_doubles_nothing(broker, tmp_path):
 
     threading.Thread(target=produce, daemon=True).start()
     port = free_port()
-    rng = random.Random(3)
-    kills = 0
-    worker = start_worker(broker, tmp_path, port)
+    # Every other worker reads Kafka in a child process (--prefetch), which a SIGKILL orphans.
+    worker = kill_repeatedly(lambda *extra: start_worker(broker, tmp_path, port, *extra), 20, random.Random(3),
+                             (0.5, 1.5), [["--prefetch"], []], tmp_path)
     try:
-        while kills < 20:
-            time.sleep(rng.uniform(0.5, 1.5))
-            if worker.poll() is not None:
-                raise AssertionError(f"worker died by itself: {worker.stderr.read().decode()[-2000:]}")
-            worker.send_signal(signal.SIGKILL)
-            worker.wait()
-            kills += 1
-            # Every other worker reads Kafka in a child process (--prefetch), which a SIGKILL orphans.
-            worker = start_worker(broker, tmp_path, port, *(["--prefetch"] if kills % 2 else []))
         assert done.wait(120), "producer did not finish"
-        expected_total = len(events)
-
-        def events_seen(s):
-            return sum(v for (n, labels), v in s.items() if n == "streammon_events_total")
-        # Bounded generously: a restarted worker may wait FETCH_TIMEOUT for partitions whose reported lag
-        # never arrives (see docs/kafka.md, "Input order"); the values, not the time, are what is tested.
-        wait_for(lambda: events_seen(scrape(port)) >= expected_total, 400, "the worker to read every event")
-        time.sleep(1.0)  # anything counted twice would show up now
-        got = scrape(port)
-        assert events_seen(got) == expected_total
+        got = read_everything(port, len(events), 120, tmp_path)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop(worker)
         producer.close()
 
     assert_equals_oracle(got, events)
@@ -137,29 +164,15 @@ def test_sigkill_twenty_times_through_a_backlog_with_default_ttls(broker, tmp_pa
         producer.send(topics[topic], key=key.encode(), value=value, partition=partition_of(key, PARTITIONS))
     producer.flush()
     producer.close()
-    port, rng = free_port(), random.Random(5)
+    port = free_port()
     args = ["--topics", "backlog-p,backlog-f", "--group", "backlog-test"]
-    worker = start_worker(broker, tmp_path, port, *args, app="tests/kafka_app.py:default_ttls")
-    try:
-        for kill in range(20):
-            time.sleep(rng.uniform(0.3, 1.0))
-            if worker.poll() is not None:
-                raise AssertionError(f"worker died by itself: {worker.stderr.read().decode()[-2000:]}")
-            worker.send_signal(signal.SIGKILL)
-            worker.wait()
-            extra = [["--prefetch"], ["--kafka-client", "confluent"], []][kill % 3]
-            worker = start_worker(broker, tmp_path, port, *args, *extra, app="tests/kafka_app.py:default_ttls")
 
-        def events_seen(s):
-            return sum(v for (n, labels), v in s.items() if n == "streammon_events_total")
-        wait_for(lambda: events_seen(scrape(port)) >= len(events), 120, "the worker to read every event")
-        time.sleep(1.0)  # anything counted twice would show up now
-        got = scrape(port)
-        assert events_seen(got) == len(events)
+    def start(*extra):
+        return start_worker(broker, tmp_path, port, *args, *extra, app="tests/kafka_app.py:default_ttls")
+    worker = kill_repeatedly(start, 20, random.Random(5), (0.3, 1.0),
+                             [["--prefetch"], ["--kafka-client", "confluent"], []], tmp_path)
+    try:
+        got = read_everything(port, len(events), 120, tmp_path)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop(worker)
     assert_equals_oracle(got, aligned(events, PARTITIONS), feedback_ttl=7 * 86400, prediction_ttl=3600)

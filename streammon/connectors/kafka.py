@@ -171,6 +171,7 @@ class KafkaSource(CachedHealth):
 
     # -- the Source protocol --------------------------------------------------------------------
     def poll(self, max_records: int, timeout: float) -> list[Message]:
+        _unpark_resumed(self._consumer)
         try:
             records = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
         except KafkaError as exc:  # the client retries connections itself; a poll error is logged and retried
@@ -251,6 +252,19 @@ class KafkaSource(CachedHealth):
             self._lag = lag
         except Exception:  # noqa: BLE001 - a health probe must not raise
             self._connected = False
+
+
+def _unpark_resumed(consumer: KafkaConsumer) -> None:
+    # kafka-python 3.0.12 parks the parsed records of a partition paused in the middle of a batch and
+    # gives them back only when its in-line slot is None, but a drained batch stays in that slot (falsy,
+    # not None). Until then it neither returns the parked records nor fetches that partition again: a
+    # resumed partition stalled for good (tests/test_kafka_pause.py). A drained slot holds nothing, so
+    # emptying it lets the fetcher restore one parked partition per poll, as it means to.
+    fetcher = getattr(consumer, "_fetcher", None)
+    if getattr(fetcher, "_paused_partition_records", None):
+        slot = fetcher._next_partition_records
+        if slot is not None and not slot:
+            fetcher._next_partition_records = None
 
 
 class KafkaDeadLetter:
