@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import streammon as sm  # noqa: E402
-from streammon import operators as ops  # noqa: E402
-from streammon.connectors import MemorySource  # noqa: E402
-from streammon.connectors.base import Message  # noqa: E402
-from streammon.connectors.memory import PartitionedMemorySource  # noqa: E402
+import streammon as sm
+from streammon import operators as ops
+from streammon.connectors import MemorySource
+from streammon.connectors.base import Message
+from streammon.connectors.memory import PartitionedMemorySource
 
 PARTITIONS = 4
 

@@ -15,7 +15,8 @@ import json
 import math
 import time
 from collections import Counter, deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from river import metrics, stats

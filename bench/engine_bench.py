@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import multiprocessing
 import statistics
@@ -27,7 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 import numpy as np  # noqa: E402
-
 from baselines import HOUR, NaiveRecompute  # noqa: E402
 from harness import BATCH, ENGINES, PAIR_METRICS, Clock, Worker, batches, new_monitor, scrape, spans  # noqa: E402
 from join_memory import measure as measure_memory  # noqa: E402
@@ -77,7 +77,7 @@ def throughput(plan: Plan, spec: StreamSpec, stream, log) -> tuple[dict, Worker,
     cuts = tuple(m for m in plan.milestones if m <= len(msgs))
     milestones, rounds = [], []
     bounds = np.linspace(0, len(msgs), plan.rounds + 1).astype(int).tolist()
-    for r, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+    for r, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         used = {name: np.zeros(3) for name in ENGINES}
         for k, (start, end) in enumerate(spans(lo, hi, cuts)):
             for name in ENGINES[k % 3:] + ENGINES[: k % 3]:

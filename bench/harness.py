@@ -8,12 +8,12 @@ import time
 import traceback
 from typing import Any
 
+from baselines import RiverLoop
 from prometheus_client import generate_latest
+from synthetic_stream import StreamSpec, take
 
 import streammon as sm
-from baselines import RiverLoop
 from streammon import operators as ops
-from synthetic_stream import StreamSpec, take
 
 __all__ = ["BATCH", "PAIR_METRICS", "ENGINES", "new_monitor", "spans", "batches", "scrape", "Clock", "Worker"]
 
@@ -72,7 +72,7 @@ def scrape(monitor: sm.Monitor, repeats: int) -> dict[str, Any]:
 class Clock:
     """Wall and CPU time spent in ``run``, and the part of it the cyclic GC took."""
 
-    running: "Clock | None" = None
+    running: Clock | None = None
 
     def __init__(self) -> None:
         self.wall = self.cpu = self.gc = 0.0

@@ -23,7 +23,7 @@ def _child(kind: str, n: int, method: str) -> dict[str, Any]:
     import tracemalloc
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from streammon.join import MemoryJoinStore
+    from streammon.memory_store import MemoryJoinStore
 
     blob = os.urandom(16 * n).hex()
     page = os.sysconf("SC_PAGE_SIZE")

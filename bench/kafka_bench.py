@@ -33,14 +33,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kafka_common import (  # noqa: E402
-    BATCH, BENCH, PARTITIONS, ROOT, cpu_seconds, create_topics, produce, realistic_monitor, the_stream,
+from kafka_common import (
+    BATCH,
+    BENCH,
+    PARTITIONS,
+    ROOT,
+    cpu_seconds,
+    create_topics,
+    produce,
+    realistic_monitor,
+    the_stream,
 )
-from kafka_live import freshness, idle_fetch_wait, recovery  # noqa: E402
-from kafka_report import machine, render, same_metric_set, update_doc  # noqa: E402
-from kafka_scaling import scaling  # noqa: E402
+from kafka_live import freshness, idle_fetch_wait, recovery
+from kafka_report import machine, render, same_metric_set, update_doc
+from kafka_scaling import scaling
 
-from streammon.connectors.broker import EmbeddedBroker  # noqa: E402
+from streammon.connectors.broker import EmbeddedBroker
 
 
 @dataclass(frozen=True)

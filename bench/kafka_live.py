@@ -17,8 +17,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kafka_common import BATCH, BENCH, PARTITIONS, ROOT, create_topics, produce, realistic_monitor, the_stream
 
@@ -261,7 +262,7 @@ def freshness(bootstrap: str, workdir: Path, log, *, load_rate: float, warmup: f
                 sent_at[f"probe-{i}".encode()] = now = time.time()
                 producer.log_feedback(f"probe-{i}", 1)
                 before, shown, text = wait_for(
-                    worker, lambda t: (metric(t, "streammon_accuracy_count", window="cumulative", **probe) or 0) > i, 30)
+                    worker, lambda t: (metric(t, "streammon_accuracy_count", window="cumulative", **probe) or 0) > i, 30)  # noqa: B023 - called before the loop moves on
                 upper.append(shown - now)
                 lower.append(max(0.0, before - now))
                 waits.append((now, shown))

@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kafka_common import ROOT, realistic_monitor, the_stream  # noqa: E402
-from kafka_report import machine  # noqa: E402
+from kafka_common import ROOT, realistic_monitor, the_stream
+from kafka_report import machine
 
-from streammon.partials import PartialsExporter, dump_partials, write_partials  # noqa: E402
+from streammon.partials import PartialsExporter, dump_partials, write_partials
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- partials:begin -->", "<!-- partials:end -->"
@@ -52,12 +52,13 @@ def measure(events: int, partitions: list[int], repeats: int) -> dict:
             sizes.append(len(data))
             engines.append(engine)
 
+        # Called only within this iteration, so the loop's variables are the ones meant (B023).
         def refresh(changed: list[int], version: int) -> float:
             for p in changed:
-                write_partials(directory, p, dump_partials(engines[p], partition=p, offsets={("predictions", p): version},
+                write_partials(directory, p, dump_partials(engines[p], partition=p, offsets={("predictions", p): version},  # noqa: B023
                                                            lineage="bench"))
             started = time.perf_counter()
-            exporter.refresh()
+            exporter.refresh()  # noqa: B023
             return time.perf_counter() - started
 
         exporter_monitor = realistic_monitor()

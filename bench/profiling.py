@@ -5,8 +5,9 @@ from __future__ import annotations
 import cProfile
 import pstats
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 __all__ = ["profile_calls"]
 

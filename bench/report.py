@@ -54,7 +54,7 @@ def machine(repo: Path) -> dict[str, Any]:
             versions[name] = None
     dirty = [line[3:] for line in _git(repo, "status", "--porcelain", "--", "streammon").splitlines()]
     return {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu_model": cpu.get("model name", platform.processor() or "unknown"),
         "cpu_mhz": cpu.get("cpu MHz"),
         "cores": os.cpu_count(),
@@ -146,7 +146,7 @@ def render(r: dict[str, Any]) -> str:
     out += ["", f"### 5. Memory per pending prediction ({_f(mem['n'])} pending, ids: {mem['ids']})", "",
             "| store | tracemalloc B/entry | without the id string | tracemalloc peak B/entry | RSS delta B/entry |",
             "| --- | --- | --- | --- | --- |"]
-    for key, label in (("store", "`streammon.join.MemoryJoinStore`"), ("dict", "plain `dict` id -> (ts, code, prediction, score)")):
+    for key, label in (("store", "`streammon.memory_store.MemoryJoinStore`"), ("dict", "plain `dict` id -> (ts, code, prediction, score)")):
         x = mem[key]
         out.append(f"| {label} | {x['tracemalloc']['bytes_per_entry']:.0f} | {x['tracemalloc']['bytes_per_entry'] - mem['id_bytes']:.0f} | "
                    f"{x['tracemalloc']['peak_bytes_per_entry']:.0f} | {x['rss']['bytes_per_entry']:.0f} |")

@@ -10,8 +10,8 @@ stream (1e7 events) never has to sit in memory at once.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 

@@ -22,15 +22,17 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any
 
 import numpy as np
 
-from .connectors.base import Message
+from .connectors.base import AlignableSource
 from .errors import SourceError
+from .pipeline import Decoded
 
-__all__ = ["EventTimeAligner", "Decoded", "can_align"]
+__all__ = ["EventTimeAligner", "can_align"]
 
 log = logging.getLogger("streammon")
 
@@ -40,17 +42,9 @@ BUFFER_LIMIT = 8192  # records buffered per partition before it is paused
 _NEG_INF = float("-inf")
 
 
-class Decoded(NamedTuple):
-    """A message and what decoding made of it: an event, or the reason it was rejected."""
-
-    message: Message
-    event: Any
-    reason: str | None
-
-
 def can_align(source: Any) -> bool:
-    """True for sources that can be read aligned: they pause partitions and report their lag."""
-    return bool(getattr(source, "topics", None)) and all(callable(getattr(source, n, None)) for n in ("pause", "resume", "lag"))
+    """True for sources that can be read aligned: they name their topics, pause partitions and report their lag."""
+    return isinstance(source, AlignableSource) and bool(source.topics)  # a prefetcher's child may not be
 
 
 @dataclass(eq=False)
@@ -201,7 +195,7 @@ class EventTimeAligner:
                 cut = bisect.bisect_left(q.keys, bound[0], q.start)
             if cut > q.start:
                 parts.append((q, q.start, cut))
-        marks = {}
+        marks: dict[TopicPartition, float] = {}
         if not parts:
             return [], marks
         if len(parts) == 1:
@@ -213,7 +207,7 @@ class EventTimeAligner:
             offsets = np.concatenate([np.asarray(q.offsets[lo:hi], dtype=np.int64) for q, lo, hi in parts])
             items = [item for q, lo, hi in parts for item in q.items[lo:hi]]
             released = [items[i] for i in np.lexsort((offsets, ranks, keys)).tolist()]
-        for q, lo, hi in parts:
+        for q, _lo, hi in parts:
             q.start = hi
             q.released_mark = marks[q.tp] = q.keys[hi - 1]
             q.compact()

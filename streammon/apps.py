@@ -10,21 +10,10 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from .errors import StreamMonError
+from .errors import AppLoadError
 from .monitor import Monitor
 
 __all__ = ["load_app", "AppLoadError"]
-
-
-class AppLoadError(StreamMonError):
-    """The ``--app`` spec names nothing that is a :class:`~streammon.Monitor`. The message says what to fix.
-
-    >>> try:
-    ...     load_app("streammon.demo:build_monitor")
-    ... except AppLoadError as exc:
-    ...     print(str(exc).split(";")[0])
-    streammon.demo:build_monitor is a function, not a streammon.Monitor
-    """
 
 
 def load_app(spec: str) -> Monitor:
@@ -32,6 +21,13 @@ def load_app(spec: str) -> Monitor:
 
     ``attr`` defaults to ``monitor``. A file is imported as a script is run: its directory goes on
     ``sys.path`` so it can import its neighbours; a module name is looked up from the current directory too.
+    Anything else raises :class:`AppLoadError` saying what to fix:
+
+    >>> try:
+    ...     load_app("streammon.demo:build_monitor")
+    ... except AppLoadError as exc:
+    ...     print(str(exc).split(";")[0])
+    streammon.demo:build_monitor is a function, not a streammon.Monitor
     """
     target, sep, attr = spec.rpartition(":")
     if not sep or not attr or any(c in attr for c in "/\\") or attr.endswith(".py"):

@@ -6,15 +6,16 @@ import bisect
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .events import Event
-from .join import JoinStore, Joined
-from .panes import Grouped, WindowState, group_rows, make_state
+from .join import JoinCounts, Joined, JoinStore
 from .registry import Feed, Tracked
+from .window_state import Grouped, WindowState, group_rows, make_state
 from .windows import Sliding
 
 log = logging.getLogger("streammon")
@@ -38,10 +39,7 @@ class SeriesKeys:
         self.overflow: dict[str, int] = defaultdict(int)  # label name -> events sent to __other__
 
     def code(self, model: str, segment: dict[str, str] | None) -> int:
-        if self.segments:
-            key = (model, *map((segment or _NO_SEGMENT).get, self.segments, self._blanks))
-        else:
-            key = model
+        key = (model, *map((segment or _NO_SEGMENT).get, self.segments, self._blanks)) if self.segments else model
         code = self._codes.get(key)
         if code is None:
             code = self._intern(key)
@@ -51,7 +49,7 @@ class SeriesKeys:
         """:meth:`code` of each prediction in ``events`` (and of each feedback if ``everyone``,
         else -1), in order, so the cardinality guard sees values in arrival order."""
         known, segments, code = self._codes, self.segments, self.code
-        out = []
+        out: list[int] = []
         append = out.append
         one = segments[0] if len(segments) == 1 else None
         for ev in events:
@@ -191,7 +189,7 @@ class _Batch:
             scores = self.scores
             return [_score_value(scores[i]) for i in idx]
         feature = name[len("features."):]
-        events = self.events
+        events: Sequence[Any] = self.events  # indexed by prediction rows: only they have features (registry)
         return [(events[i].features or _NO_SEGMENT).get(feature) for i in idx]
 
 
@@ -213,6 +211,23 @@ class Engine:
         errors = self._error_sink(tracked.name)
         states = [make_state(w, tracked.prototype, tracked.caps, errors) for w in tracked.windows]
         self.metrics.append((tracked, states))
+
+    # -- what a scrape reads (the View protocol) -------------------------------------------------
+    @property
+    def counts(self) -> JoinCounts:
+        return self.store.counts
+
+    @property
+    def pending_predictions(self) -> int:
+        return self.store.pending_predictions
+
+    @property
+    def pending_feedback(self) -> int:
+        return self.store.pending_feedback
+
+    def metric_error(self, name: str, window: str, exc: BaseException) -> None:
+        """A metric's finalizer raised at a scrape: counted and logged like an operator error."""
+        self._error_sink(name)(window, None, exc)
 
     def _error_sink(self, name: str):
         def record(window: str, event_id: Any, exc: BaseException) -> None:
@@ -241,8 +256,10 @@ class Engine:
         times = [ev.ts for ev in events]
         # Stream time at each event: the running maximum of event times.
         nows = np.maximum.accumulate(np.array([self.stream_time, *times], dtype=np.float64))[1:].tolist()
-        values = [ev.prediction if p else ev.label for ev, p in zip(events, is_pred)]
-        scores = [ev.score if p else None for ev, p in zip(events, is_pred)]
+        # Each event's kind is in is_pred, so mypy cannot narrow it here, and an isinstance per event would slow these.
+        mixed: Sequence[Any] = events
+        values = [ev.prediction if p else ev.label for ev, p in zip(mixed, is_pred)]
+        scores = [ev.score if p else None for ev, p in zip(mixed, is_pred)]
         reads_feedback = any(t.feed.stream == "feedback" for t, _ in self.metrics)
         codes = self.keys.codes(events, reads_feedback)
         joined = self.store.join(is_pred, ids, times, codes, values, scores, nows)

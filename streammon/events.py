@@ -7,11 +7,13 @@ event that the monitor would reject for its shape.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, TypeGuard
 
 import pydantic_core
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, ValidationError
+from pydantic_core import ErrorDetails
 
 from .errors import EventError
 
@@ -38,9 +40,9 @@ EventTime = Annotated[float, BeforeValidator(_event_time), Field(ge=0)]
 EventId = Annotated[str, Field(min_length=1, max_length=512)]
 # Integers beyond 64 bits are JSON but no model's output: refused here rather than overflow later.
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-Value = Union[bool, Int64, float, str]
+Value = bool | Int64 | float | str
 # Strict: a score sent as a string or a boolean is a producer bug worth rejecting, not coercing.
-Score = Union[StrictFloat, dict[str, StrictFloat]]
+Score = StrictFloat | dict[str, StrictFloat]
 
 _CONFIG = ConfigDict(extra="allow", allow_inf_nan=False, frozen=True, strict=False)
 
@@ -88,23 +90,23 @@ class Feedback(BaseModel):
         return self.model_extra or {}
 
 
-Event = Union[Prediction, Feedback]
+Event = Prediction | Feedback
 
 
 class EventPolicy(BaseModel):
     """Limits applied to every incoming event, on top of the schema."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    max_event_bytes: int = Field(1 << 20, gt=0)
-    max_future_seconds: float = Field(86400.0, ge=0)
+    max_event_bytes: int = Field(default=1 << 20, gt=0)
+    max_future_seconds: float = Field(default=86400.0, ge=0)
 
 
 _DEFAULT_POLICY = EventPolicy()
-_MODELS = {"prediction": Prediction, "feedback": Feedback}
+_MODELS: dict[str, type[Prediction] | type[Feedback]] = {"prediction": Prediction, "feedback": Feedback}
 _VALIDATORS = {kind: model.__pydantic_validator__ for kind, model in _MODELS.items()}
 
 
-def _is_tag(part: object) -> bool:
+def _is_tag(part: object) -> TypeGuard[str]:
     # pydantic names union members in the error path ('float', 'dict[str,float]'); they are not fields.
     return isinstance(part, str) and (part in {"float", "int", "str", "bool", "none"} or "[" in part
                                       or part.startswith(("constrained-", "function-")))
@@ -113,7 +115,7 @@ def _is_tag(part: object) -> bool:
 def _reason(exc: ValidationError) -> str:
     """One short message per field. For a union (``score``: float or map) the most specific
     complaint wins; when every member simply had the wrong type, the expected types are listed."""
-    by_field: dict[str, list[dict]] = {}
+    by_field: dict[str, list[ErrorDetails]] = {}
     for err in exc.errors(include_url=False):
         # Paths hold the sender's map keys: shortened and escaped, so a reason fits a Kafka header.
         err["loc"] = tuple(_shown(p) for p in err["loc"])
@@ -136,7 +138,7 @@ def _reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _shown(part: object) -> object:
+def _shown(part: int | str) -> int | str:
     if not isinstance(part, str) or (len(part) <= 64 and part.isascii()):
         return part
     return part[:64].encode("utf-8", "backslashreplace").decode("utf-8")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from .errors import RegistrationError
 from .operators.base import Capabilities, capabilities, fresh_copy
@@ -102,7 +103,7 @@ def _check_windows(name: str, caps: Capabilities, windows: Sequence[Window]) -> 
 def _check_name(name: str, taken: set[str]) -> str:
     if not _NAME.match(name):
         raise RegistrationError(f"metric name {name!r} is not a Prometheus name; use name={_snake(name)!r}")
-    if name in RESERVED_NAMES or name.endswith("_count") and name[:-6] in taken:
+    if name in RESERVED_NAMES or (name.endswith("_count") and name[:-6] in taken):
         raise RegistrationError(f"metric name {name!r} is taken by streammon itself; pass name='my_{name}'")
     if name in taken or f"{name}_count" in taken:
         raise RegistrationError(f"a metric named {name!r} is already tracked; pass a distinct name=, e.g. name='{name}_2'")
@@ -152,8 +153,7 @@ def register_function(fn: Callable, *, stat: Any, name: str | None, of: str | No
             )
         if isinstance(stat, type):
             raise RegistrationError(f"stat= takes a statistic instance: write stat={stat.__name__}()")
-        op = Finalized(adapt(stat), fn)
-        return register_operator(op, name=fname, of=of, time=time, windows=windows, taken=taken)
+        return register_operator(Finalized(adapt(stat), fn), name=fname, of=of, time=time, windows=windows, taken=taken)
     feed = feed_for(of, None, time, label=f"metric {fname!r}")
     want = len(feed.fields)
     if not varargs and len(params) != want:

@@ -43,6 +43,20 @@ def aligned(events: list[tuple[str, str, bytes]], partitions: int) -> list[tuple
     return [event for _, event in rows]
 
 
+def aligned_messages(messages, accepted) -> list:
+    """Consumed ``messages`` (each partition's in offset order) in the order an aligned worker processes them;
+    ``accepted(message)`` says whether the monitor accepts one (a rejected message takes no event time)."""
+    marks: dict[tuple[str, int], float] = {}
+    rows = []
+    for m in sorted(messages, key=lambda m: (m.topic, m.partition, m.offset)):
+        tp = (m.topic, m.partition)
+        if accepted(m):
+            marks[tp] = max(marks.get(tp, float("-inf")), json.loads(m.value)["ts"])
+        rows.append(((marks.get(tp, float("-inf")), m.kind != "prediction", m.partition, m.offset), m))
+    rows.sort(key=lambda row: row[0])
+    return [m for _, m in rows]
+
+
 def assert_equals_oracle(got: dict, events: list[tuple[str, str, bytes]], *, feedback_ttl: float = 100 * 86400,
                          prediction_ttl: float = 100 * 86400) -> None:
     """``got`` (a scrape) holds what the oracle computes from ``events`` ((topic, key, value) in processing order)."""

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streammon.align import Decoded, EventTimeAligner
+from streammon.align import EventTimeAligner
+from streammon.pipeline import Decoded
 from streammon.connectors.base import Message
 from streammon.connectors.memory import PartitionedMemorySource
 from tests.test_engine_properties import assert_equals_oracle, build_monitor, streams
@@ -87,6 +88,7 @@ def rejected(monitor) -> float:
     return sum(s.value for s in monitor.values() if s.name == "streammon_events_total" and s.labels["outcome"] == "rejected")
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(events=streams(), partitions=st.integers(1, 3), schedule=st.sampled_from(sorted(SCHEDULES)),
        seed=st.integers(0, 1000), max_records=st.sampled_from([1, 5, 64]))
@@ -97,6 +99,7 @@ def test_any_delivery_order_publishes_the_oracle_of_the_aligned_order(events, pa
     assert rejected(monitor) == sum(v == GARBAGE for values in records.values() for v in values)
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                                  HealthCheck.function_scoped_fixture])
 @given(events=streams(), partitions=st.integers(1, 3), seed=st.integers(0, 1000), stop=st.integers(1, 30))

@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 import sklearn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -405,12 +406,14 @@ PROPERTY = settings(max_examples=EXAMPLES, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(events=streams("classification"), batch_size=st.sampled_from([1, 3, 17, 4096]))
 def test_classification_and_distribution_builtins_equal_the_oracle(events, batch_size):
     check_against_oracle(CLASSIFICATION, events, batch_size)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(events=streams("regression"), batch_size=st.sampled_from([1, 3, 17, 4096]))
 def test_regression_builtins_equal_the_oracle(events, batch_size):

@@ -11,7 +11,7 @@ from river import metrics as river_metrics
 
 import streammon as sm
 from streammon import operators as ops
-from streammon.checkpoint import CheckpointError
+from streammon.errors import CheckpointError
 from streammon.connectors import MemorySource
 
 
@@ -76,19 +76,19 @@ def test_events_after_the_last_checkpoint_are_read_again_not_lost(tmp_path):
     crashed = build(batch_size=100)
     # A long interval: only the initial and final checkpoints happen; simulate a crash before the final one
     # by stopping the loop from inside process() without letting run() finish its last checkpoint.
-    original = crashed.process
+    original = crashed.pipeline.process
     calls = {"n": 0}
 
     class Crash(Exception):
         pass
 
-    def process(batch):
+    def process(engine, batch):
         calls["n"] += 1
         if calls["n"] == 5:
             raise Crash
-        original(batch)
+        original(engine, batch)
 
-    crashed.process = process
+    crashed.pipeline.process = process
     with pytest.raises(Crash):
         crashed.run(MemorySource(events), state_dir=str(tmp_path), checkpoint_interval=0.0)
     restarted = build(batch_size=100)
@@ -108,24 +108,20 @@ def test_a_changed_app_is_refused_with_the_fix(tmp_path):
 def test_checkpoint_age_is_published(tmp_path):
     m = build()
     m.run(MemorySource(stream(100)), state_dir=str(tmp_path), until=lambda: m._engine.stream_time > 1050)
-    # run() has returned; the age is published while a checkpointer is attached
-    m._checkpointer = m._checkpointer or None
-    from streammon.checkpoint import Checkpointer
-    m._checkpointer = Checkpointer(tmp_path)
-    m._checkpointer.restore(build()._engine)
+    # run() has returned; the age of its last checkpoint is still published
     ages = [s.value for s in m.values() if s.name == "streammon_checkpoint_age_seconds"]
     assert len(ages) == 1 and 0 <= ages[0] < 60 and not math.isnan(ages[0])
 
 
 def test_a_single_worker_and_a_scaled_out_group_refuse_each_others_state(tmp_path):
-    from streammon.partitions import PartitionWorker
+    from streammon.scaleout import PartitionWorker
 
     events = [{"id": "a", "ts": 1, "prediction": 1}]
     single = sm.Monitor("m", windows=[sm.Cumulative()])
     single.track(ops.Count(of="prediction"), name="n")
     single.run(MemorySource(events), state_dir=str(tmp_path / "single"))
     with pytest.raises(CheckpointError, match="single worker's snapshot"):
-        PartitionWorker(single, MemorySource([]), str(tmp_path / "single"), checkpoint_interval=5)
+        PartitionWorker(single.pipeline, single.metrics, MemorySource([]), str(tmp_path / "single"))
     (tmp_path / "group").mkdir()
     (tmp_path / "group" / "partition-0.pkl").write_bytes(b"")
     again = sm.Monitor("m", windows=[sm.Cumulative()])
@@ -163,7 +159,7 @@ class _CommitChecking(MemorySource):
         return super().poll(max_records, timeout)
 
     def commit(self, offsets):
-        from streammon.checkpoint import loads
+        from streammon.snapshot import loads
         self.commits += 1
         on_disk = loads(self.snapshot.read_bytes(), build()._engine)["offsets"]
         if on_disk != dict(offsets):
@@ -171,6 +167,7 @@ class _CommitChecking(MemorySource):
         super().commit(offsets)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("background", [True, False])
 def test_offsets_are_committed_only_once_their_snapshot_is_on_disk(tmp_path, background):
     import time

@@ -23,7 +23,8 @@ from sklearn.metrics import accuracy_score, log_loss
 
 from oracle import run_oracle
 from streammon import Sliding
-from streammon.cli import load_app, main
+from streammon.apps import load_app
+from streammon.cli import main
 from streammon.connectors import write_events
 from streammon.demo import simulate
 from test_demo import well_formed
@@ -211,6 +212,7 @@ def test_run_on_a_busy_port_exits_2(capsys, events_file):
     assert code == 2 and f"cannot serve /metrics on 127.0.0.1:{port}" in err
 
 
+@pytest.mark.slow
 def test_run_serves_the_replayed_values_until_sigterm(events, events_file):
     command = [sys.executable, "-m", "streammon", "run", APP, "--source", events_file, "--metrics-port", "0"]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

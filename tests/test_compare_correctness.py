@@ -63,6 +63,7 @@ def test_the_window_holds_some_but_not_all_pairs(events):
     assert want[("accuracy", "1h")] != want[("accuracy", "cumulative")]
 
 
+@pytest.mark.prometheus
 def test_promql_join_of_the_essay_equals_sklearn(events, events_path):
     rows, answers = measure_promql_join(events, events_path, reps=1, interval=1.0, essay_interval=None)
     check(answers, expected(events))
@@ -72,12 +73,14 @@ def test_promql_join_of_the_essay_equals_sklearn(events, events_path):
     assert scrape["value"] == 3 * N  # three gauges per prediction: every series reached Prometheus
 
 
+@pytest.mark.prometheus
 def test_streammon_through_prometheus_equals_sklearn(events, events_path):
     rows, answers = measure_streammon(events, events_path, reps=1, interval=1.0)
     check(answers, expected(events))
     assert all(r["status"] == "ok" for r in rows)
 
 
+@pytest.mark.slow
 def test_postgresql_join_and_view_equal_sklearn(events):
     with Postgres() as pg:
         rows, answers = measure_postgres(pg, events, reps=1, batch=300)  # several batches, several refreshes
@@ -88,6 +91,7 @@ def test_postgresql_join_and_view_equal_sklearn(events):
     assert refreshes == f"all {math.ceil(2 * N / 300)} refreshes"
 
 
+@pytest.mark.slow
 def test_scrapes_of_streammon_are_exact_and_gauges_cannot_deliver_more_values_than_scrapes():
     spec = IntervalSpec(rate=2.0, hours=1.2, mean_delay=20.0, incident=(1200.0, 1800.0), intervals=(15.0,))
     rows = run_interval(spec)

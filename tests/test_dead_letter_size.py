@@ -7,8 +7,7 @@ import time
 import uuid
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 import streammon as sm
 from streammon import operators as ops
@@ -17,6 +16,7 @@ from streammon.connectors.broker import EmbeddedBroker
 from streammon.connectors.kafka import DEAD_LETTER_MAX_BYTES, KafkaDeadLetter, KafkaSource, dead_letter_record
 from streammon.connectors.kafka_confluent import ConfluentKafkaDeadLetter, ConfluentKafkaSource
 from streammon.errors import RegistrationError, SourceError
+from tests.worker_helpers import create_topics
 
 CLIENTS = {"kafka-python": (KafkaSource, KafkaDeadLetter), "confluent": (ConfluentKafkaSource, ConfluentKafkaDeadLetter)}
 BIG = 1_600_000  # over max_event_bytes (1 MiB), over both producers' default limits
@@ -65,12 +65,6 @@ def test_the_limit_is_checked_and_never_above_the_producer_limit():
 
 
 # -- on the broker ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
-
-
 def new_monitor(name: str) -> sm.Monitor:
     monitor = sm.Monitor(name, windows=[sm.Cumulative()], max_future_seconds=1e12)
     monitor.track(ops.Count(of="prediction"), name="n")
@@ -105,14 +99,13 @@ def read_topic(broker, topic: str, expected: int) -> list:
     return records
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("client", list(CLIENTS))
 def test_an_oversize_rejected_message_reaches_the_dead_letter_topic_truncated(broker, client):
     Source, DeadLetter = CLIENTS[client]
     tag = uuid.uuid4().hex[:8]
     predictions, feedback, dead_topic = f"predictions-{tag}", f"feedback-{tag}", f"dead-{tag}"
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    admin.create_topics([NewTopic(predictions, 1, 1), NewTopic(feedback, 1, 1)])
-    admin.close()
+    create_topics(broker, [predictions, feedback], 1)
     big = json.dumps({"id": "big", "ts": 1_700_000_000, "prediction": 1, "pad": "x" * BIG}).encode()
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, max_request_size=4 << 20)
     for key, value in ((b"a", b'{"id": "a", "ts": 1700000000, "prediction": 1}'), (b"big", big), (b"c", b"{not json")):
@@ -143,6 +136,7 @@ def test_an_oversize_rejected_message_reaches_the_dead_letter_topic_truncated(br
     assert whole.value == b"{not json" and "streammon.truncated" not in dict(whole.headers)
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("client", list(CLIENTS))
 def test_a_dead_letter_the_broker_never_gets_is_counted_and_logged(client, caplog):
     with EmbeddedBroker() as own:  # stopped under the sink, so it must not be the shared one
@@ -161,6 +155,7 @@ def test_a_dead_letter_the_broker_never_gets_is_counted_and_logged(client, caplo
     assert "not delivered to the dead-letter topic dead" in caplog.text
 
 
+@pytest.mark.kafka
 def test_a_send_refused_at_once_is_counted_as_failed_and_not_as_sent(caplog):
     with EmbeddedBroker() as own:
         sink = KafkaDeadLetter(own.bootstrap_servers, max_block_ms=300)

@@ -131,6 +131,7 @@ def test_feedback_is_delayed_and_sometimes_missing_duplicated_or_malformed(long_
     assert 0 < never < len(settled) / 2
 
 
+@pytest.mark.slow
 def test_the_demo_monitor_agrees_with_the_oracle():
     events = list(simulate(seed=11, n_events=12000))
     monitor = build_monitor(seed=11)
@@ -164,6 +165,7 @@ def test_the_demo_monitor_agrees_with_the_oracle():
     assert headline["rejected"] == rejected
 
 
+@pytest.mark.kafka  # the demo runs on the embedded broker
 def test_demo_without_serving_prints_its_summary_and_stops_after_duration(capsys):
     started = time.monotonic()
     code = main(["demo", "--no-serve", "--duration", "1.5", "--rate", "3000", "--report-every", "0.5", "--seed", "2"])
@@ -195,6 +197,7 @@ def start_demo(*args: str) -> tuple[subprocess.Popen, str]:
     return proc, match.group(1)
 
 
+@pytest.mark.kafka  # the demo runs on the embedded broker
 def test_demo_command_serves_parseable_metrics_for_its_duration():
     proc, url = start_demo("--duration", "4", "--rate", "2000", "--report-every", "1", "--seed", "0")
     try:
@@ -228,6 +231,7 @@ def test_demo_command_serves_parseable_metrics_for_its_duration():
     assert len(summaries) >= 3 and url in summaries[-1]
 
 
+@pytest.mark.kafka  # the demo runs on the embedded broker
 def test_demo_stops_cleanly_on_sigint():
     proc, url = start_demo("--rate", "500")
     try:

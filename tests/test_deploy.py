@@ -27,8 +27,10 @@ from hypothesis import strategies as st
 
 import streammon as sm
 from streammon import operators as ops
-from streammon.cli import _parser, load_app, main
-from streammon.dashboards import alert_rules, dashboard, to_yaml
+from streammon.cli.main import _parser, load_app, main
+from streammon.alerts import alert_rules, to_yaml
+from streammon.dashboards import dashboard
+from worker_helpers import Worker, create_topics, free_port, scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -66,12 +68,14 @@ def container_path(service: str, path: str) -> tuple[str, Path | str] | None:
 
 
 # -- promtool on the shipped files ----------------------------------------------------------------
+@pytest.mark.prometheus
 def test_promtool_accepts_the_prometheus_config_and_its_rules():
     result = promtool("check", "config", "deploy/prometheus/prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "streammon.yml" in result.stdout + result.stderr  # the rules/*.yml glob found the shipped rules
 
 
+@pytest.mark.prometheus
 def test_promtool_accepts_the_rules_and_their_unit_tests_pass():
     rules = sorted(str(p) for p in (DEPLOY / "prometheus" / "rules").glob("*.yml"))
     tests = sorted(str(p) for p in (DEPLOY / "prometheus" / "tests").glob("*.yml"))
@@ -95,6 +99,7 @@ def test_every_shipped_alert_has_a_unit_test_that_makes_it_fire():
 
 
 # -- generated alert rules ------------------------------------------------------------------------
+@pytest.mark.prometheus
 def test_generated_rules_fire_exactly_where_the_threshold_says(tmp_path, capsys):
     rules_file = tmp_path / "rules.yml"
     code = main(["alerts", APP, "--below", "accuracy=0.7", "--above", "payment_type_share[cash]=0.4",
@@ -175,6 +180,7 @@ yaml_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(yaml_values)
 def test_to_yaml_reads_back_as_the_same_data(data):
@@ -399,6 +405,7 @@ def test_compose_commands_parse_as_the_programs_they_run():
     assert str(args.heartbeat) in " ".join(producer["healthcheck"]["test"])
 
 
+@pytest.mark.prometheus
 def test_generate_service_writes_the_apps_dashboard_and_rules(tmp_path):
     shim = tmp_path / "bin"
     shim.mkdir()
@@ -440,6 +447,7 @@ def run_check(test: list[str], **replace: str) -> int:
     return subprocess.run(argv, timeout=30, capture_output=True).returncode
 
 
+@pytest.mark.slow
 def test_worker_health_check_passes_while_metrics_are_served():
     monitor = load_app(APP)
     server = monitor.serve(0)
@@ -501,6 +509,7 @@ def ignored(path: str, patterns: list[str]) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_image_copies_what_the_compose_commands_need(tmp_path):
     instructions = dockerfile()
     patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
@@ -540,62 +549,43 @@ def test_image_copies_what_the_compose_commands_need(tmp_path):
 
 
 # -- the compose pipeline on a real broker ----------------------------------------------------------
-def test_compose_producer_and_worker_commands_run_the_pipeline(tmp_path):
+@pytest.mark.kafka
+def test_compose_producer_and_worker_commands_run_the_pipeline(broker, tmp_path):
     """The producer's and the worker's compose command lines, run against the tansu broker on loopback."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from prometheus_client.parser import text_string_to_metric_families
-    import socket
-    import urllib.request
-
-    from streammon.connectors.broker import EmbeddedBroker
     from streammon.demo import simulate
+    from test_demo import well_formed
 
     n_events = 3000
     topics_env = SERVICES["kafka-topics"]["environment"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with EmbeddedBroker() as broker:
-        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-        admin.create_topics([NewTopic(t, int(topics_env["PARTITIONS"]), 1) for t in topics_env["TOPICS"].split()])
-        admin.close()
-        local = {"kafka:9092": broker.bootstrap_servers, "/state": str(tmp_path / "state"), "9108": str(port),
-                 "0.0.0.0": "127.0.0.1", "/tmp/producer.alive": str(tmp_path / "alive")}
-        argv = lambda service: [local.get(a, a) for a in command(service)]  # noqa: E731
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        produced = subprocess.run([sys.executable, *SERVICES["producer"]["entrypoint"][1:], *argv("producer"),
-                                   "--n-events", str(n_events), "--rate", "5000"],
-                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-        assert produced.returncode == 0, produced.stderr
-        worker = subprocess.Popen([sys.executable, "-m", "streammon", *argv("streammon")], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            def scrape() -> dict:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    families = text_string_to_metric_families(r.read().decode())
-                return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
-
-            deadline, got = time.monotonic() + 60, {}
-            while time.monotonic() < deadline:
-                assert worker.poll() is None, worker.stderr.read()[-2000:]
-                try:
-                    got = scrape()
-                except OSError:
-                    got = {}
-                if sum(v for (name, _), v in got.items() if name == "streammon_events_total") == n_events \
-                        and any(name == "streammon_checkpoint_age_seconds" for name, _ in got):
-                    break
-                time.sleep(0.3)
-            else:
-                raise AssertionError(f"the worker did not read the {n_events} events: {got}")
-            assert run_check(SERVICES["streammon"]["healthcheck"]["test"], **{":9108/": f":{port}/"}) == 0
-        finally:
-            worker.terminate()
-            worker.wait(20)
-            worker.stderr.close()
-        assert worker.returncode == 0
-    from test_demo import well_formed
+    port = free_port()
+    create_topics(broker, topics_env["TOPICS"].split(), int(topics_env["PARTITIONS"]))
+    local = {"kafka:9092": broker.bootstrap_servers, "/state": str(tmp_path / "state"), "9108": str(port),
+             "0.0.0.0": "127.0.0.1", "/tmp/producer.alive": str(tmp_path / "alive")}
+    argv = lambda service: [local.get(a, a) for a in command(service)]  # noqa: E731
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    produced = subprocess.run([sys.executable, *SERVICES["producer"]["entrypoint"][1:], *argv("producer"),
+                               "--n-events", str(n_events), "--rate", "5000"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert produced.returncode == 0, produced.stderr
+    worker = Worker(*argv("streammon"), log=tmp_path / "worker.log")
+    try:
+        deadline, got = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            assert worker.poll() is None, worker.report()
+            try:
+                got = scrape(port)
+            except OSError:
+                got = {}
+            if sum(v for (name, _), v in got.items() if name == "streammon_events_total") == n_events \
+                    and any(name == "streammon_checkpoint_age_seconds" for name, _ in got):
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"the worker did not read the {n_events} events: {got}\n{worker.report()}")
+        assert run_check(SERVICES["streammon"]["healthcheck"]["test"], **{":9108/": f":{port}/"}) == 0
+    finally:
+        worker.stop()
+    assert worker.returncode == 0, worker.report()
 
     malformed = sum(1 for e in simulate(0, n_events=n_events) if not well_formed(e))
     rejected = sum(v for (name, labels), v in got.items()

@@ -162,12 +162,14 @@ def assert_equals_oracle(monitor, events, time_basis="prediction"):
             assert got == expected, (window, stream)
 
 
+@pytest.mark.slow
 @settings(max_examples=int(__import__("os").environ.get("PROP_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(events=streams(), batch_size=st.sampled_from([1, 3, 17, 4096]))
 def test_every_metric_in_every_window_equals_the_oracle(events, batch_size):
     check_against_oracle(events, batch_size)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=streams())
 def test_results_do_not_depend_on_batching(events):

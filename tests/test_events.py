@@ -24,6 +24,7 @@ def as_form(event: dict, form: str):
 
 
 # -- event time -------------------------------------------------------------------------------
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.one_of(st.integers(0, 1_700_000_000), st.floats(0, 1_700_000_000, allow_nan=False, allow_infinity=False)),
        st.sampled_from(FORMS))
@@ -36,6 +37,7 @@ def test_epoch_seconds_are_kept_exactly(ts, form):
 offsets = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2024, 1, 1), timezones=offsets),
        st.sampled_from(["T", " "]))
@@ -153,6 +155,7 @@ feedbacks = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(st.one_of(predictions, feedbacks))
 def test_round_trips(sent):

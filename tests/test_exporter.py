@@ -147,6 +147,7 @@ def test_serve_with_basic_auth(monitor):
     assert status == 200 and "streammon_accuracy" in body
 
 
+@pytest.mark.slow
 def test_serve_over_tls(monitor, tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),

@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Mapping
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
@@ -31,7 +32,8 @@ import streammon as sm
 from streammon import EventError, Feedback, Prediction, decode_event
 from streammon import operators as ops
 from streammon.connectors import MemoryDeadLetter, Message
-from streammon.join import DUPLICATE, MemoryJoinStore
+from streammon.join import DUPLICATE
+from streammon.memory_store import MemoryJoinStore
 
 T0 = 1_700_000_000.0
 IDS = ("a", "b", "c", "d", "é", "id-" + "x" * 600)  # few ids, so joins and duplicates happen; one too long
@@ -80,7 +82,7 @@ json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_
                                                             st.dictionaries(texts, inner, max_size=4)), max_leaves=12)
 python_oddities = st.sampled_from([
     b"bytes", bytearray(b"ba"), (1, 2), {1, 2}, frozenset(), complex(1, 2), decimal.Decimal("1.5"),
-    decimal.Decimal("NaN"), dt.datetime(2023, 1, 1), dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc),
+    decimal.Decimal("NaN"), dt.datetime(2023, 1, 1), dt.datetime(2023, 1, 1, tzinfo=dt.UTC),
     dt.date(2023, 1, 1), object(), Weird(), HostileMapping(id="a", ts=1, prediction=1), {1: "int key"},
     {("t",): 1}, type, len, Ellipsis, memoryview(b"m"),
 ])
@@ -202,6 +204,7 @@ FOUND = {
 }
 
 
+@pytest.mark.slow
 @settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck))
 @example(FOUND['all rejected first'], [1])
 @example(FOUND['surrogate model'], [1])
@@ -250,6 +253,7 @@ join_ops = st.lists(st.tuples(st.booleans(), st.integers(0, 30), st.integers(0, 
                               st.sampled_from([None, 0.25, 1, {"a": 0.5}])), max_size=200)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(join_ops, st.integers(1, 40), st.lists(st.integers(1, 60), min_size=1, max_size=8), st.booleans())
 def test_a_batch_join_answers_as_events_one_by_one(ops_, max_pending, cuts, remember):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streammon.join import DUPLICATE, MemoryJoinStore
+from streammon.join import DUPLICATE
+from streammon.memory_store import MemoryJoinStore
 
 
 class ReferenceStore:
@@ -69,6 +71,7 @@ class ReferenceStore:
 ops = st.lists(st.tuples(st.booleans(), st.integers(0, 30), st.integers(0, 100), st.integers(0, 1)), max_size=300)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(ops=ops, max_pending=st.integers(1, 40), sweep_every=st.integers(1, 50))
 def test_store_matches_the_reference(ops, max_pending, sweep_every):

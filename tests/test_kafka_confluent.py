@@ -27,21 +27,18 @@ import streammon as sm
 from streammon import EventError, SourceError, decode_event
 from streammon import operators as ops
 from streammon.connectors import MemoryDeadLetter
-from streammon.connectors.broker import EmbeddedBroker, _free_port
+from streammon.connectors.broker import EmbeddedBroker
 from streammon.connectors.kafka import KafkaDeadLetter, KafkaSource
 from streammon.connectors.kafka_confluent import ConfluentKafkaDeadLetter, ConfluentKafkaSource
 from tests.oracle import run_oracle
+from tests.worker_helpers import free_port
+
+pytestmark = pytest.mark.kafka
 
 PARTITIONS = 3  # not tansu's auto-create default (4), so nothing here depends on it
 TTL = 100 * 86400.0
 TIMING = ("streammon_processing_seconds", "streammon_checkpoint_age_seconds", "streammon_consumer_lag",
           "streammon_source_connected")
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
 
 
 def create_topics(broker, counts: tuple[int, int]) -> tuple[str, str]:
@@ -382,7 +379,7 @@ def test_missing_topic_and_unreachable_broker_are_named(broker):
         ConfluentKafkaSource(broker.bootstrap_servers, predictions_topic=f"absent-{uuid.uuid4().hex[:8]}",
                              metadata_timeout=1)
     with pytest.raises(SourceError, match="cannot reach Kafka at 127.0.0.1"):
-        ConfluentKafkaSource(f"127.0.0.1:{_free_port()}", metadata_timeout=1)
+        ConfluentKafkaSource(f"127.0.0.1:{free_port()}", metadata_timeout=1)
     with pytest.raises(SourceError, match="cannot create a confluent-kafka consumer"):
         ConfluentKafkaSource(broker.bootstrap_servers, **{"no.such.setting": 1})
 
@@ -419,11 +416,12 @@ def test_a_missing_client_names_the_extra(monkeypatch):
 
 @pytest.mark.parametrize("client, expected", [("kafka-python", KafkaSource), ("confluent", ConfluentKafkaSource)])
 def test_streammon_run_chooses_the_client(broker, dataset, client, expected):
-    from streammon.cli import _kafka_source, _parser
+    from streammon.cli.main import _parser
+    from streammon.cli.kafka import kafka_source
 
     args = _parser().parse_args(["run", "app.py:monitor", "--bootstrap-servers", broker.bootstrap_servers,
                                  "--topics", ",".join(dataset["topics"]), "--kafka-client", client])
-    source = _kafka_source(args)
+    source = kafka_source(args)
     try:
         assert type(source) is expected
     finally:

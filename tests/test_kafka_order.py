@@ -9,32 +9,20 @@ feedback producer pauses at random. The scrape must equal the oracle over the al
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaProducer
 
-from streammon.connectors.broker import EmbeddedBroker
 from tests.kafka_oracle import aligned, assert_equals_oracle, partition_of, valid
 from tests.test_kafka_recovery import make_events
-from tests.worker_helpers import free_port, scrape, wait_for
+from tests.worker_helpers import Worker, create_topics, free_port, scrape, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 PARTITIONS = 4
 DEFAULT_TTLS = dict(feedback_ttl=7 * 86400, prediction_ttl=3600)
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
 
 
 def produce(broker, topics: dict[str, str], events, *, pause_topic: str | None = None, seed: int = 0) -> None:
@@ -76,39 +64,30 @@ CASES = {
 
 @pytest.mark.parametrize("client", ["kafka-python", "confluent", "prefetch"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_every_interleaving_publishes_the_oracle_with_default_ttls(broker, client, case):
+def test_every_interleaving_publishes_the_oracle_with_default_ttls(broker, client, case, tmp_path):
     events = with_features(make_events(12_000, seed=11, spacing=1.0))  # 3.3 hours: past the 1-hour TTL of early feedback
     name = f"{client}-{case}".replace(" ", "-").replace(",", "")
     topics = {"predictions": f"p-{name}", "feedback": f"f-{name}"}
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics.values()])
-    admin.close()
+    create_topics(broker, topics.values(), PARTITIONS)
     order = CASES[case]["order"]
     if order != "live":  # a backlog: everything is in Kafka before the worker starts
         first = [e for e in events if e[0] == order]
         produce(broker, topics, first + [e for e in events if e[0] != order])
     port = free_port()
     extra = {"confluent": ["--kafka-client", "confluent"], "prefetch": ["--prefetch"]}.get(client, [])
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "streammon", "run", "tests/kafka_app.py:default_ttls", "--bootstrap-servers",
-         broker.bootstrap_servers, "--topics", f"{topics['predictions']},{topics['feedback']}", "--group", name,
-         "--metrics-port", str(port), *extra],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    worker = Worker("run", "tests/kafka_app.py:default_ttls", "--bootstrap-servers", broker.bootstrap_servers,
+                    "--topics", f"{topics['predictions']},{topics['feedback']}", "--group", name,
+                    "--metrics-port", str(port), *extra, log=tmp_path / "worker.log")
     try:
         if order == "live":
             producer = threading.Thread(target=produce, args=(broker, topics, events), kwargs=dict(pause_topic="feedback"))
             producer.start()
             producer.join(120)
         wait_for(lambda: worker.poll() is None and events_seen(scrape(port)) >= len(events), 120,
-                 "the worker to read every event")
+                 "the worker to read every event", workers=[worker])
         time.sleep(0.5)  # anything counted twice would show now
         got = scrape(port)
     finally:
-        worker.terminate()
-        try:
-            _, stderr = worker.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            _, stderr = worker.communicate()
-    assert events_seen(got) == len(events), stderr.decode()[-2000:]
+        worker.stop()
+    assert events_seen(got) == len(events), worker.report()
     assert_equals_oracle(got, aligned(events, PARTITIONS), **DEFAULT_TTLS)

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
+import pytest
+from kafka import KafkaProducer
 
 from streammon.connectors.broker import EmbeddedBroker
-from tests.worker_helpers import free_port, scrape, wait_for
+from tests.worker_helpers import Worker, create_topics, free_port, scrape, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.kafka
 
 
 def value(samples, name, **labels):
@@ -23,13 +18,11 @@ def value(samples, name, **labels):
 
 
 def test_worker_survives_a_broker_outage(tmp_path):
-    broker = EmbeddedBroker().start()
+    broker = EmbeddedBroker().start()  # its own: stopped and restarted below
     port = free_port()
     worker = None
     try:
-        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-        admin.create_topics([NewTopic("predictions", 2, 1), NewTopic("feedback", 2, 1)])
-        admin.close()
+        create_topics(broker, ["predictions", "feedback"], 2)
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
         for i in range(200):
             key = f"p{i}".encode()
@@ -37,26 +30,26 @@ def test_worker_survives_a_broker_outage(tmp_path):
             producer.send("feedback", key=key, value=json.dumps({"id": f"p{i}", "ts": 1010 + i, "label": 1}).encode())
         producer.flush()
         producer.close()
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "streammon", "run", "tests/kafka_app.py:monitor", "--bootstrap-servers",
-             broker.bootstrap_servers, "--state-dir", str(tmp_path), "--metrics-port", str(port), "--checkpoint-interval", "0.2"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        wait_for(lambda: value(scrape(port), "streammon_joined_total") == 200, 60, "the worker to join every pair")
+        state_dir = tmp_path / "state"
+        state_dir.mkdir()
+        worker = Worker("run", "tests/kafka_app.py:monitor", "--bootstrap-servers", broker.bootstrap_servers,
+                        "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.2",
+                        log=tmp_path / "worker.log")
+        wait_for(lambda: value(scrape(port), "streammon_joined_total") == 200, 60, "the worker to join every pair",
+                 workers=[worker])
         before = scrape(port)
         assert value(before, "streammon_source_connected") == 1
         broker.stop()
-        wait_for(lambda: value(scrape(port), "streammon_source_connected") == 0, 30, "the outage to be reported")
+        wait_for(lambda: value(scrape(port), "streammon_source_connected") == 0, 30, "the outage to be reported",
+                 workers=[worker])
         during = scrape(port)
-        assert worker.poll() is None, worker.stderr.read().decode()[-2000:]
+        assert worker.poll() is None, worker.report()
         assert value(during, "streammon_accuracy", window="cumulative", version="") == value(before, "streammon_accuracy", window="cumulative", version="") == 0.5
         broker = EmbeddedBroker(port=broker.port).start()  # tansu comes back empty: the worker reconnects all the same
-        wait_for(lambda: value(scrape(port), "streammon_source_connected") == 1, 60, "the worker to reconnect")
+        wait_for(lambda: value(scrape(port), "streammon_source_connected") == 1, 60, "the worker to reconnect",
+                 workers=[worker])
         assert value(scrape(port), "streammon_joined_total") == 200
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(10)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            worker.stop(timeout=10)
         broker.stop()

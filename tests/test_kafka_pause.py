@@ -13,28 +13,20 @@ import time
 import uuid
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaProducer
 
-from streammon.connectors.broker import EmbeddedBroker
 from streammon.connectors.kafka import KafkaSource
+from tests.worker_helpers import create_topics
 
+pytestmark = pytest.mark.kafka
 PER_PARTITION = 3000
 PARTITIONS = 2
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
 
 
 def backlog(broker) -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
     topics = {"predictions": f"p-{tag}", "feedback": f"f-{tag}"}
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics.values()])
-    admin.close()
+    create_topics(broker, topics.values(), PARTITIONS)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=20)
     for topic in topics.values():
         for partition in range(PARTITIONS):

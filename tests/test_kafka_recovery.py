@@ -3,34 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaProducer
 
-from streammon.connectors.broker import EmbeddedBroker
 from tests.kafka_oracle import assert_equals_oracle
-from tests.worker_helpers import free_port, scrape, wait_for
+from tests.worker_helpers import Worker, create_topics, free_port, scrape, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 PARTITIONS = 4
 
 
 @pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        admin = KafkaAdminClient(bootstrap_servers=b.bootstrap_servers)
-        admin.create_topics([NewTopic("predictions", PARTITIONS, 1), NewTopic("feedback", PARTITIONS, 1)])
-        admin.close()
-        yield b
+def broker(broker):
+    """The module's broker (tests/conftest.py) with the topics the live test produces to."""
+    create_topics(broker, ["predictions", "feedback"], PARTITIONS)
+    return broker
 
 
 def make_events(n_predictions: int, seed: int = 7, spacing: float = 0.1) -> list[tuple[str, str, bytes]]:
@@ -60,58 +52,36 @@ def make_events(n_predictions: int, seed: int = 7, spacing: float = 0.1) -> list
     return out
 
 
-def start_worker(broker, state_dir, port, *extra, app="tests/kafka_app.py:monitor"):
-    # stderr goes to a file: a pipe nobody reads fills up and blocks a worker that logs (a hang, not a failure).
-    with open(worker_log(state_dir), "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streammon", "run", app, "--bootstrap-servers", broker.bootstrap_servers,
-             "--state-dir", str(state_dir), "--metrics-port", str(port), "--checkpoint-interval", "0.3",
-             "--group", "recovery-test", *extra],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+def start_worker(broker, tmp_path, port, *extra, app="tests/kafka_app.py:monitor") -> Worker:
+    """A worker checkpointing to ``tmp_path``/state; every restart logs to the same ``tmp_path``/worker.log."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(exist_ok=True)
+    return Worker("run", app, "--bootstrap-servers", broker.bootstrap_servers, "--state-dir", str(state_dir),
+                  "--metrics-port", str(port), "--checkpoint-interval", "0.3", "--group", "recovery-test", *extra,
+                  log=tmp_path / "worker.log")
 
 
-def worker_log(state_dir) -> Path:
-    return Path(state_dir).parent / f"{Path(state_dir).name}-worker.log"
-
-
-def log_tail(state_dir, n: int = 4000) -> str:
-    path = worker_log(state_dir)
-    return path.read_bytes()[-n:].decode(errors="replace") if path.exists() else "(no log)"
-
-
-def kill_repeatedly(start, kills: int, rng: random.Random, delay: tuple[float, float], variants, state_dir):
+def kill_repeatedly(start, kills: int, rng: random.Random, delay: tuple[float, float], variants) -> Worker:
     """Start a worker, SIGKILL it ``kills`` times at random moments, restarting it with the next variant's
     extra arguments each time; returns the last worker, left running."""
     worker = start()
     for kill in range(kills):
         time.sleep(rng.uniform(*delay))
         if worker.poll() is not None:
-            raise AssertionError(f"worker died by itself:\n{log_tail(state_dir)}")
+            raise AssertionError(f"worker died by itself:\n{worker.report()}")
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         worker = start(*variants[kill % len(variants)])
     return worker
 
 
-def stop(worker) -> None:
-    worker.send_signal(signal.SIGTERM)
-    try:
-        worker.wait(10)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-
-
 def events_seen(samples) -> float:
     return sum(v for (n, labels), v in samples.items() if n == "streammon_events_total")
 
 
-def read_everything(port, expected: int, timeout: float, state_dir) -> dict:
+def read_everything(port, expected: int, timeout: float, worker: Worker) -> dict:
     """Wait until the worker has counted ``expected`` events, then check that nothing more arrives."""
-    try:
-        wait_for(lambda: events_seen(scrape(port)) >= expected, timeout, "the worker to read every event")
-    except AssertionError as e:
-        raise AssertionError(f"{e}\nworker log:\n{log_tail(state_dir)}") from None
+    wait_for(lambda: events_seen(scrape(port)) >= expected, timeout, "the worker to read every event", workers=[worker])
     time.sleep(1.0)  # anything counted twice would show up now
     got = scrape(port)
     assert events_seen(got) == expected
@@ -137,12 +107,12 @@ def test_sigkill_at_twenty_moments_loses_and_doubles_nothing(broker, tmp_path):
     port = free_port()
     # Every other worker reads Kafka in a child process (--prefetch), which a SIGKILL orphans.
     worker = kill_repeatedly(lambda *extra: start_worker(broker, tmp_path, port, *extra), 20, random.Random(3),
-                             (0.5, 1.5), [["--prefetch"], []], tmp_path)
+                             (0.5, 1.5), [["--prefetch"], []])
     try:
         assert done.wait(120), "producer did not finish"
-        got = read_everything(port, len(events), 120, tmp_path)
+        got = read_everything(port, len(events), 120, worker)
     finally:
-        stop(worker)
+        worker.stop(timeout=10)
         producer.close()
 
     assert_equals_oracle(got, events)
@@ -156,9 +126,7 @@ def test_sigkill_twenty_times_through_a_backlog_with_default_ttls(broker, tmp_pa
 
     events = with_features(make_events(30_000, seed=5, spacing=0.5))  # 4 hours of event time
     topics = {"predictions": "backlog-p", "feedback": "backlog-f"}
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics.values()])
-    admin.close()
+    create_topics(broker, topics.values(), PARTITIONS)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, compression_type="gzip", linger_ms=20)
     for topic, key, value in sorted(events, key=lambda e: e[0] != "feedback"):  # stable: each topic in order
         producer.send(topics[topic], key=key.encode(), value=value, partition=partition_of(key, PARTITIONS))
@@ -170,9 +138,9 @@ def test_sigkill_twenty_times_through_a_backlog_with_default_ttls(broker, tmp_pa
     def start(*extra):
         return start_worker(broker, tmp_path, port, *args, *extra, app="tests/kafka_app.py:default_ttls")
     worker = kill_repeatedly(start, 20, random.Random(5), (0.3, 1.0),
-                             [["--prefetch"], ["--kafka-client", "confluent"], []], tmp_path)
+                             [["--prefetch"], ["--kafka-client", "confluent"], []])
     try:
-        got = read_everything(port, len(events), 120, tmp_path)
+        got = read_everything(port, len(events), 120, worker)
     finally:
-        stop(worker)
+        worker.stop(timeout=10)
     assert_equals_oracle(got, aligned(events, PARTITIONS), feedback_ttl=7 * 86400, prediction_ttl=3600)

@@ -7,23 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaProducer
 
 from streammon.apps import load_app
 from streammon.connectors import Message
-from streammon.connectors.broker import EmbeddedBroker
 from tests.kafka_oracle import KIND, assert_equals_oracle
 from tests.test_kafka_recovery import make_events
-from tests.worker_helpers import free_port, scrape, wait_for
+from tests.worker_helpers import ROOT, Worker, create_topics, free_port, scrape, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
 APP = "tests/kafka_app.py:monitor"
 # Each client's options, with a short session: tansu completes a rebalance in session_timeout / 2
@@ -39,44 +34,17 @@ def topics_of(client: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        admin = KafkaAdminClient(bootstrap_servers=b.bootstrap_servers)
-        admin.create_topics([NewTopic(t, PARTITIONS, 1) for client in CLIENTS for t in topics_of(client).values()])
-        admin.close()
-        yield b
+def broker(broker):
+    """The module's broker (tests/conftest.py) with each client's pair of topics."""
+    create_topics(broker, [t for client in CLIENTS for t in topics_of(client).values()], PARTITIONS)
+    return broker
 
 
-def _spawn(args: list[str]) -> subprocess.Popen:
-    # stderr to a file, not a pipe: a pipe nobody reads fills up and stalls the process writing to it.
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen([sys.executable, "-m", "streammon", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    process.log = log  # type: ignore[attr-defined]
-    return process
-
-
-def stderr_of(process: subprocess.Popen, tail: int | None = 3000) -> str:
-    process.log.seek(0)  # type: ignore[attr-defined]
-    text = process.log.read().decode(errors="replace")  # type: ignore[attr-defined]
-    return text if tail is None else text[-tail:]
-
-
-def start_worker(broker, state_dir, port, client: str, *extra: str) -> subprocess.Popen:
+def start_worker(broker, state_dir, port, client: str, *extra: str, log) -> Worker:
     topics = topics_of(client)
-    return _spawn(["run", APP, "--bootstrap-servers", broker.bootstrap_servers, "--group", f"scaleout-{client}", "--scale-out",
-                   "--topics", f"{topics['predictions']},{topics['feedback']}", "--state-dir", str(state_dir),
-                   "--metrics-port", str(port), "--checkpoint-interval", "0.5", *CLIENTS[client], *extra])
-
-
-def stop(process: subprocess.Popen, sig=signal.SIGTERM) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return Worker("run", APP, "--bootstrap-servers", broker.bootstrap_servers, "--group", f"scaleout-{client}", "--scale-out",
+                  "--topics", f"{topics['predictions']},{topics['feedback']}", "--state-dir", str(state_dir),
+                  "--metrics-port", str(port), "--checkpoint-interval", "0.5", *CLIENTS[client], *extra, log=log)
 
 
 def owned(port: int) -> dict[str, set[int]]:
@@ -89,6 +57,8 @@ def owned(port: int) -> dict[str, set[int]]:
     return found
 
 
+@pytest.mark.kafka
+@pytest.mark.slow
 @pytest.mark.parametrize("client", list(CLIENTS))
 def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exact(broker, tmp_path, client):
     events = make_events(25_000, seed=11)
@@ -107,37 +77,44 @@ def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exa
             time.sleep(0.4)
         done.set()
 
+    state_dir = tmp_path / "state"  # shared by the workers and the exporter; the logs are next to it
+    state_dir.mkdir()
     export_port = free_port()
-    exporter = _spawn(["export", APP, "--state-dir", str(tmp_path), "--metrics-port", str(export_port), "--refresh", "0.2"])
+    exporter = Worker("export", APP, "--state-dir", str(state_dir), "--metrics-port", str(export_port), "--refresh", "0.2",
+                      log=tmp_path / "exporter.log")
     ports = [free_port() for _ in range(3)]
-    workers: list[subprocess.Popen] = []
+    workers: list[Worker] = []
+
+    def start(port, *extra):
+        return start_worker(broker, state_dir, port, client, *extra, log=tmp_path / f"worker-{len(workers)}.log")
     try:
         threading.Thread(target=produce, daemon=True).start()
         # --prefetch: this worker reads Kafka in a child process; stopped below, it must leave cleanly.
-        workers.append(start_worker(broker, tmp_path, ports[0], client, "--prefetch"))
-        wait_for(lambda: owned(ports[0])["predictions"] == set(range(PARTITIONS)), 30, "the first worker to own every partition")
+        workers.append(start(ports[0], "--prefetch"))
+        wait_for(lambda: owned(ports[0])["predictions"] == set(range(PARTITIONS)), 30, "the first worker to own every partition",
+                 workers=workers)
         time.sleep(2)
         # This one reads Kafka in a child process (--prefetch): rebalances reach it through the pipe,
         # and when it is SIGKILLed below, its orphaned reader must leave the group too.
-        workers.append(start_worker(broker, tmp_path, ports[1], client, "--prefetch"))
+        workers.append(start(ports[1], "--prefetch"))
         time.sleep(3)
-        workers.append(start_worker(broker, tmp_path, ports[2], client))
+        workers.append(start(ports[2]))
 
         def spread():  # three workers share the four partitions, partition i of both topics together
             seen = [owned(p) for p in ports]
             return (all(s["predictions"] == s["feedback"] and s["predictions"] for s in seen)
                     and sorted(p for s in seen for p in s["predictions"]) == list(range(PARTITIONS)))
-        wait_for(spread, 30, "the group to spread the partitions over three workers")
+        wait_for(spread, 30, "the group to spread the partitions over three workers", workers=workers)
         stopping = time.monotonic()
-        stop(workers[0])  # leaves mid-stream: its partitions move, with their checkpoints
-        assert workers[0].returncode == 0, stderr_of(workers[0])
+        workers[0].stop()  # leaves mid-stream: its partitions move, with their checkpoints
+        assert workers[0].returncode == 0, workers[0].report()
         assert time.monotonic() - stopping < 15
         wait_for(lambda: sorted(p for port in ports[1:] for p in owned(port)["predictions"]) == list(range(PARTITIONS)),
-                 30, "the two remaining workers to take over")
+                 30, "the two remaining workers to take over", workers=workers[1:])
         # A crash too: the group notices after the session timeout, and a new worker resumes from checkpoints.
         workers[1].send_signal(signal.SIGKILL)
         workers[1].wait()
-        workers.append(start_worker(broker, tmp_path, ports[0], client))
+        workers.append(start(ports[0]))
         last_part.set()
         assert done.wait(120), "producer did not finish"
 
@@ -151,19 +128,19 @@ def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exa
         got = scrape(export_port)
         assert events_seen() == len(events)
         for w in workers[2:]:
-            assert w.poll() is None, stderr_of(w)
+            assert w.poll() is None, w.report()
         assert sorted(p for port in (ports[0], ports[2]) for p in owned(port)["predictions"]) == list(range(PARTITIONS))
     finally:
         last_part.set()
         for w in workers:
-            stop(w)
-        stop(exporter)
+            w.stop()
+        exporter.stop()
         producer.close()
 
     # Every rebalance went through the worker's listener without an error (kafka-python would
     # otherwise go on with an assignment the worker never opened).
     for w in workers:
-        assert "Kafka poll failed" not in stderr_of(w, None) and " failed\nTraceback" not in stderr_of(w, None), stderr_of(w)
+        assert "Kafka poll failed" not in w.log_tail(None) and " failed\nTraceback" not in w.log_tail(None), w.report()
     # The same events through one in-process monitor (one stream time) and through the oracle.
     single = load_app(APP)
     single.replay([Message(value, kind=KIND[topic], key=key.encode()) for topic, key, value in events])
@@ -183,7 +160,7 @@ def test_workers_join_leave_and_crash_mid_stream_and_the_merged_metrics_stay_exa
     assert not math.isnan(got[("streammon_stream_time_seconds", (("monitor", "kafka_test"),))])
 
 
-def _diagnosis(export_port: int, ports: list[int], workers: list[subprocess.Popen], exporter: subprocess.Popen) -> str:
+def _diagnosis(export_port: int, ports: list[int], workers: list[Worker], exporter: Worker) -> str:
     """What each process saw, for a run that did not converge: counts, ownership, lag, stderr."""
     lines = []
     for label, port in [("exporter", export_port), *((f"worker :{p}", p) for p in ports)]:
@@ -194,12 +171,12 @@ def _diagnosis(export_port: int, ports: list[int], workers: list[subprocess.Pope
         except OSError as exc:
             lines.append(f"{label}: not answering ({exc})")
     for process in [*workers, exporter]:
-        stop(process)
-        lines.append(f"stderr of {' '.join(process.args[3:5])} (exit {process.returncode}):\n"
-                     f"{stderr_of(process)}")
+        process.stop()
+        lines.append(process.report())
     return "\n".join(lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["export"], ["run", "--scale-out", "--group", "g", "--bootstrap-servers", "127.0.0.1:1"]])
 def test_a_metric_that_cannot_merge_is_refused_at_start_with_the_fix(tmp_path, command):
     app = tmp_path / "river_app.py"

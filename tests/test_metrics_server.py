@@ -24,7 +24,7 @@ import pytest
 import streammon as sm
 from streammon import operators as ops
 from streammon.cli import main
-from streammon.exporter import MAX_CONNECTIONS
+from streammon.server import MAX_CONNECTIONS
 from worker_helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +87,7 @@ def serve(monitor, scheme: str, tls, **options):
     return monitor.serve(0, **options), None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_idle_and_half_sent_connections_do_not_block_other_scrapes(monitor, tls, scheme):
     server, context = serve(monitor, scheme, tls, timeout=30)
@@ -103,6 +104,7 @@ def test_idle_and_half_sent_connections_do_not_block_other_scrapes(monitor, tls,
         assert still_open(idle) and still_open(half)  # the scrapes did not wait for the server to drop them
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_an_idle_connection_is_dropped_after_the_timeout(monitor, tls, scheme):
     server, _ = serve(monitor, scheme, tls, timeout=0.5)
@@ -110,6 +112,7 @@ def test_an_idle_connection_is_dropped_after_the_timeout(monitor, tls, scheme):
         assert dropped_by_server(idle)
 
 
+@pytest.mark.slow
 def test_a_client_trickling_its_request_is_dropped_though_it_never_pauses_long(monitor):
     server = monitor.serve(0, timeout=1)
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as slow:
@@ -169,6 +172,7 @@ def events_file(tmp_path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["run", "export"])
 def test_the_command_line_serves_tls_with_basic_auth_from_a_file(command, tls, auth_file, events_file, tmp_path):
     if command == "run":
@@ -214,6 +218,7 @@ def test_a_missing_auth_file_is_a_usage_error(capsys, tmp_path, events_file):
     assert code == 2 and "does not exist" in err and "user:password" in err
 
 
+@pytest.mark.slow
 def test_an_auth_file_other_users_can_read_is_served_with_a_warning(capsys, tmp_path, events_file, auth_file):
     argv = [*_command("run", events_file, tmp_path), "--exit-when-done", "--basic-auth-file", auth_file]
     assert main(argv) == 0

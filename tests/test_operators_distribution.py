@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import streammon as sm
 from streammon import operators as ops
-from tests import operator_laws as laws
+from streammon.testing import check_operator
 
 
 def objects(values):
@@ -36,10 +36,6 @@ def same(x, y):
     return x.keys() == y.keys() and all(math.isclose(x[k], y[k], rel_tol=1e-12) for k in x)
 
 
-def check_laws(make, a, b, oracle):
-    laws.check_laws(make, (objects(a),), (objects(b),), lambda column: oracle(list(column)), same)
-
-
 classes = st.one_of(st.sampled_from(["cat", "dog", "eel"]), st.integers(0, 3), st.sampled_from([1.0, 2.5, float("nan")]), st.none(), st.booleans())
 features = st.one_of(st.none(), st.just(float("nan")), st.floats(-10, 10), st.integers(0, 5), st.sampled_from(["a", "b"]))
 
@@ -47,13 +43,15 @@ features = st.one_of(st.none(), st.just(float("nan")), st.floats(-10, 10), st.in
 @settings(max_examples=100, deadline=None)
 @given(st.lists(classes, max_size=30), st.lists(classes, max_size=30))
 def test_class_distribution_laws(a, b):
-    check_laws(ops.ClassDistribution, a, b, shares)
+    check_operator(ops.ClassDistribution, (objects(a),), (objects(b),), oracle=lambda column: shares(list(column)), close=same,
+                   empty=math.nan)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(features, max_size=30), st.lists(features, max_size=30))
 def test_null_rate_laws(a, b):
-    check_laws(lambda: ops.NullRate("features.x"), a, b, null_rate)
+    check_operator(lambda: ops.NullRate("features.x"), (objects(a),), (objects(b),),
+                   oracle=lambda column: null_rate(list(column)), close=same, empty=math.nan)
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.float64])
@@ -98,9 +96,8 @@ def test_update_many_that_raises_changes_nothing():
         def __str__(self):
             raise RuntimeError("no name")
 
-    d = ops.ClassDistribution()
-    d.update_many(np.array([1, 2, 2]))
-    laws.check_atomic(d, objects([3, Unprintable()]), raises=RuntimeError)
+    check_operator(ops.ClassDistribution, (np.array([1, 2, 2]),), (np.array([3]),), bad=[(objects([3, Unprintable()]),)],
+                   raises=RuntimeError, close=same, empty=math.nan)
 
 
 def test_distributions_through_the_monitor():

@@ -13,7 +13,7 @@ from streammon import operators as ops
 from streammon.connectors import Message
 from streammon.connectors.kafka_group import assign_partition_numbers
 from streammon.errors import RegistrationError
-from streammon.partials import PartialsExporter, dump_partials, require_mergeable, write_partials
+from streammon.scaleout import dump_partials, require_mergeable, write_partials
 from tests.oracle import run_oracle
 from tests.test_engine_properties import FEEDBACK_TTL, METRICS, PREDICTION_TTL, READS_SCORE, SEGMENTS, WINDOWS, streams
 
@@ -39,12 +39,12 @@ def run_partitioned(events: list[dict], count: int, directory, **ttl) -> tuple[s
     for e in events:
         split[partition_of(e, count)].append(e)
     for p, mine in enumerate(split):
-        engine = worker._new_engine(worker.metrics)
+        engine = worker.pipeline.new_engine(worker.metrics)
         for i in range(0, len(mine), 5):
-            worker._process_into(engine, [Message(e) for e in mine[i:i + 5]])
+            worker.pipeline.process(engine, [Message(e) for e in mine[i:i + 5]])
         write_partials(directory, p, dump_partials(engine, partition=p, offsets={("t", p): len(mine)}, lineage="one"))
     exporter_monitor = build(**ttl)
-    PartialsExporter(exporter_monitor, str(directory)).refresh()
+    exporter_monitor._exporting(str(directory)).refresh()
     return exporter_monitor, split
 
 
@@ -52,6 +52,7 @@ def published(monitor: sm.Monitor) -> dict:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in monitor.values()}
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(events=streams(), count=st.sampled_from([1, 2, 3, 5]))
 def test_merged_partitions_equal_the_oracle_run_per_partition(events, count, tmp_path_factory):
@@ -91,6 +92,7 @@ def test_merged_partitions_equal_the_oracle_run_per_partition(events, count, tmp
     assert one("streammon_stream_time_seconds") == final
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(events=streams(), count=st.sampled_from([2, 4]))
 def test_merged_partitions_equal_one_monitor_when_nothing_expires(events, count, tmp_path_factory):
@@ -116,14 +118,14 @@ def counting() -> sm.Monitor:
 
 
 def _partial(monitor: sm.Monitor, events: list[dict], *, offset: int, lineage: str) -> bytes:
-    engine = monitor._new_engine(monitor.metrics)
-    monitor._process_into(engine, [Message(e) for e in events])
+    engine = monitor.pipeline.new_engine(monitor.metrics)
+    monitor.pipeline.process(engine, [Message(e) for e in events])
     return dump_partials(engine, partition=0, offsets={("predictions", 0): offset}, lineage=lineage)
 
 
 def test_the_exporter_keeps_the_newest_partial_of_a_lineage_and_takes_a_new_lineage_at_once(tmp_path):
     monitor = counting()
-    exporter = PartialsExporter(monitor, str(tmp_path))
+    exporter = monitor._exporting(str(tmp_path))
     evs = [{"id": f"p{i}", "ts": i, "prediction": 1} for i in range(5)]
     write_partials(tmp_path, 0, _partial(monitor, evs[:3], offset=3, lineage="a"))
     assert exporter.refresh() and monitor.value("n") == 3
@@ -141,7 +143,7 @@ def test_a_partial_from_another_app_is_refused_and_the_previous_one_kept(tmp_pat
     monitor = counting()
     other = sm.Monitor("x", windows=[sm.Cumulative()])
     other.track(ops.Mean(of="score"), name="n")
-    exporter = PartialsExporter(monitor, str(tmp_path))
+    exporter = monitor._exporting(str(tmp_path))
     write_partials(tmp_path, 0, _partial(monitor, [{"id": "a", "ts": 1, "prediction": 1}], offset=1, lineage="a"))
     exporter.refresh()
     write_partials(tmp_path, 0, _partial(other, [{"id": "b", "ts": 2, "prediction": 1, "score": 0.5}] * 1, offset=9, lineage="a"))
@@ -172,26 +174,37 @@ def test_partition_numbers_are_spread_evenly_and_stay_where_they_were(members, c
     assert assign_partition_numbers(members, count, got) == got
 
 
-def test_a_fresh_start_after_a_worker_died_before_its_first_checkpoint_does_not_step_the_metric_back(tmp_path):
+def partition_worker(monitor: sm.Monitor, state_dir: str):
+    """A scaled-out worker's partitions and the runner that feeds them, driven by hand."""
     from streammon.connectors import MemorySource
-    from streammon.partitions import PartitionWorker
+    from streammon.runner import CheckpointCoordinator, Runner
+    from streammon.settings import RunOptions
+    from streammon.scaleout import PartitionWorker
 
+    source = MemorySource([])
+    worker = PartitionWorker(monitor.pipeline, monitor.metrics, source, state_dir)
+    worker.coordinator = CheckpointCoordinator(monitor.pipeline, source, worker, interval=60, background=False)
+    options = RunOptions(max_records=100, poll_timeout=0.1)
+    return worker, Runner(monitor.pipeline, source, worker, worker.coordinator, options, stop=lambda: True)
+
+
+def test_a_fresh_start_after_a_worker_died_before_its_first_checkpoint_does_not_step_the_metric_back(tmp_path):
     messages = [Message({"id": f"p{i}", "ts": i, "prediction": 1}, topic="predictions", partition=0, offset=i) for i in range(10)]
-    first = PartitionWorker(counting(), MemorySource([]), str(tmp_path), checkpoint_interval=60)
+    first, first_runner = partition_worker(counting(), str(tmp_path))
     first.assigned([0])
-    first.process(messages)
+    first_runner.process(messages)
     first.publish()  # partials out, no checkpoint yet: then the worker is killed
     viewer = counting()
-    exporter = PartialsExporter(viewer, str(tmp_path))
+    exporter = viewer._exporting(str(tmp_path))
     exporter.refresh()
     assert viewer.value("n") == 10
-    second = PartitionWorker(counting(), MemorySource([]), str(tmp_path), checkpoint_interval=60)
+    second, second_runner = partition_worker(counting(), str(tmp_path))
     assert second.assigned([0]) == {}  # nothing saved: it starts partition 0 from the beginning
-    second.process(messages[:4])
+    second_runner.process(messages[:4])
     second.publish()
     exporter.refresh()
     assert viewer.value("n") == 10  # the newer partials stay until the fresh start catches up
-    second.process(messages[4:])
+    second_runner.process(messages[4:])
     second.publish()
     exporter.refresh()
     assert viewer.value("n") == 10 and exporter.latest[0]["lineage"] == second.partitions[0].lineage
@@ -200,7 +213,7 @@ def test_a_fresh_start_after_a_worker_died_before_its_first_checkpoint_does_not_
 def test_a_rewrite_within_one_tick_of_the_file_clock_is_still_read(tmp_path):
     import os
     monitor = counting()
-    exporter = PartialsExporter(monitor, str(tmp_path))
+    exporter = monitor._exporting(str(tmp_path))
     evs = [{"id": f"p{i}", "ts": i, "prediction": 1} for i in range(4)]
     write_partials(tmp_path, 0, _partial(monitor, evs[:3], offset=3, lineage="a"))
     exporter.refresh()
@@ -233,7 +246,7 @@ def test_a_user_merge_that_raises_is_counted_and_the_other_metrics_still_served(
     monitor = counting()
     monitor.track(_BrokenMerge(), of="prediction", name="broken")
     write_partials(tmp_path, 0, _partial(monitor, [{"id": "a", "ts": 1, "prediction": 1}], offset=1, lineage="a"))
-    assert PartialsExporter(monitor, str(tmp_path)).refresh()
+    assert monitor._exporting(str(tmp_path)).refresh()
     assert monitor.value("n") == 1
     errors = {s.labels["metric"]: s.value for s in monitor.values() if s.name == "streammon_operator_errors_total"}
     assert errors == {"broken": 1}
@@ -260,7 +273,7 @@ def _garbage(monitor: sm.Monitor) -> dict[str, bytes]:
         "empty": b"",
         "not a pickle": b"\x00garbage\xff" * 100,
         "a pickle of a list": pickle.dumps([1, 2, 3]),
-        "another partition's file": dump_partials(monitor._new_engine(monitor.metrics), partition=5,
+        "another partition's file": dump_partials(monitor.pipeline.new_engine(monitor.metrics), partition=5,
                                                   offsets={("predictions", 5): 1}, lineage="a"),
     }
 
@@ -268,8 +281,7 @@ def _garbage(monitor: sm.Monitor) -> dict[str, bytes]:
 @pytest.mark.parametrize("kind", ["truncated", "empty", "not a pickle", "a pickle of a list", "another partition's file"])
 def test_a_corrupt_partials_file_keeps_the_last_good_value_and_is_counted_and_logged_once(tmp_path, caplog, kind):
     monitor = counting()
-    exporter = PartialsExporter(monitor, str(tmp_path))
-    monitor._exporter = exporter  # as Monitor.export sets it: the exporter's own series are served
+    exporter = monitor._exporting(str(tmp_path))
     evs = [{"id": f"p{i}", "ts": i, "prediction": 1} for i in range(5)]
     write_partials(tmp_path, 0, _partial(monitor, evs[:3], offset=3, lineage="a"))
     assert exporter.refresh() and monitor.value("n") == 3
@@ -310,8 +322,9 @@ def test_the_export_loop_goes_on_past_a_corrupt_file_of_a_partition_never_read(t
 
 
 def test_a_worker_takes_a_fresh_lineage_over_a_garbage_partials_file(tmp_path):
-    from streammon.partials import published_lineage
+    from streammon.scaleout.partials import published_lineage
+    from streammon.state_dir import StateDirectory
 
     monitor = counting()
     (tmp_path / "partials-0.pkl").write_bytes(b"\x80\x05garbage")
-    assert published_lineage(tmp_path, 0, monitor._new_engine(monitor.metrics)) is None
+    assert published_lineage(StateDirectory(tmp_path), 0, monitor.pipeline.new_engine(monitor.metrics)) is None

@@ -45,6 +45,7 @@ def test_a_prefetched_source_gives_the_same_metrics_as_the_source_itself():
     assert sum(v for (n, _), v in published(prefetched).items() if n == "streammon_events_total") == len(stream)
 
 
+@pytest.mark.slow
 def test_a_prefetched_worker_resumes_from_its_checkpoint_exactly_once(tmp_path):
     stream = events()
     whole = build()

@@ -27,16 +27,11 @@ from streammon import (Cumulative, EventError, Feedback, Monitor, Prediction, Re
 from streammon import operators as ops
 from streammon.cli import main
 from streammon.connectors import write_events
-from streammon.connectors.broker import EmbeddedBroker, _free_port
-from streammon.producer import EventProducer, MemoryProducer
+from streammon.connectors.broker import EmbeddedBroker
+from streammon.connectors.producer import EventProducer, MemoryProducer
+from tests.worker_helpers import free_port
 
 T0 = 1_700_000_000.0
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
 
 
 def topics() -> tuple[str, str]:
@@ -79,6 +74,7 @@ def prediction_fields(rng: np.random.Generator, i: int) -> dict[str, Any]:
 
 
 # -- round trip ----------------------------------------------------------------------------
+@pytest.mark.kafka
 def test_round_trip_from_threads_equals_the_models_and_the_twin(broker):
     pred_topic, fb_topic = topics()
     rng = np.random.default_rng(7)
@@ -137,6 +133,7 @@ def test_round_trip_from_threads_equals_the_models_and_the_twin(broker):
     assert gzip_rate < 0.9  # batches were gzip-compressed (compressed size / raw size)
 
 
+@pytest.mark.kafka
 def test_compression_none_sends_batches_raw(broker):
     pred_topic, _ = topics()
     rng = np.random.default_rng(1)
@@ -177,6 +174,7 @@ INVALID = [  # (how the producer is called, the same event as the monitor would 
 ]
 
 
+@pytest.mark.kafka
 def test_invalid_events_raise_the_monitors_reason_and_send_nothing(broker):
     pred_topic, fb_topic = topics()
     twin = MemoryProducer(predictions_topic=pred_topic, feedback_topic=fb_topic)
@@ -200,6 +198,7 @@ def test_invalid_events_raise_the_monitors_reason_and_send_nothing(broker):
 
 
 # -- failures at the Kafka boundary --------------------------------------------------------
+@pytest.mark.kafka
 def test_full_buffer_times_out_with_source_error_and_close_counts_the_undelivered():
     limit, timeout = 4000, 0.5
     with EmbeddedBroker() as own:
@@ -238,7 +237,7 @@ def test_full_buffer_times_out_with_source_error_and_close_counts_the_undelivere
 def test_unreachable_broker_is_a_source_error_within_the_timeout():
     started = time.monotonic()
     with pytest.raises(SourceError, match="cannot start a Kafka producer") as caught:
-        EventProducer(f"127.0.0.1:{_free_port()}", send_timeout=0.5)
+        EventProducer(f"127.0.0.1:{free_port()}", send_timeout=0.5)
     assert time.monotonic() - started < 3.0
     assert type(caught.value.__cause__).__module__.startswith("kafka")  # mapped at the boundary
 
@@ -279,6 +278,7 @@ def test_wrong_settings_are_refused_with_the_fix(settings, fix):
         EventProducer("127.0.0.1:1", **settings)
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("compression", ["lz4", "zstd"])
 def test_optional_codecs_need_their_package(broker, compression):
     available = getattr(codec, f"has_{compression}")()
@@ -311,6 +311,7 @@ def by_kind(events: list[dict]) -> dict[str, dict[bytes, Any]]:
     return out
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_produce_command_routes_each_event_by_kind(broker, tmp_path, capsys, suffix):
     events = file_events(300)
@@ -332,6 +333,7 @@ def test_produce_command_routes_each_event_by_kind(broker, tmp_path, capsys, suf
         assert {r.key: decode_event(r.value, kind=kind, key=r.key) for r in mine} == expected[kind]
 
 
+@pytest.mark.kafka
 def test_produce_command_to_one_topic_with_kind_and_rate(broker, tmp_path, capsys):
     events = file_events(150)
     path = tmp_path / "events.jsonl"

@@ -20,10 +20,8 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
 import threading
-import time
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,31 +29,27 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaProducer
 from sklearn.metrics import accuracy_score
 
+from kafka_oracle import aligned_messages
 from oracle import run_oracle
 from streammon import Sliding
 from streammon import operators as ops
-from streammon.cli import load_app
-from streammon.connectors.broker import EmbeddedBroker
+from streammon.apps import load_app
 from streammon.connectors.kafka import KafkaSource
-from streammon.dashboards import alert_rules, dashboard, to_yaml
+from streammon.alerts import alert_rules, to_yaml
+from streammon.dashboards import dashboard
 from streammon.demo import simulate
 from test_demo import well_formed
+from worker_helpers import create_topics, free_port, wait_for
 
+pytestmark = [pytest.mark.prometheus, pytest.mark.kafka]
 ROOT = Path(__file__).resolve().parents[1]
 HOUR = 3600.0
 N_EVENTS = 30_000  # the demo drifts at about event 21,000: its last hour is then all drifted
 RATE_INTERVAL = "15s"  # what Grafana would put for $__rate_interval; every rate covers the feed's last seconds
 GENERATED_THRESHOLD = 0.7  # between the drifted last hour (~0.55) and the cumulative value (~0.74)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_producer():
@@ -113,15 +107,17 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         path = workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
-        self.process = subprocess.Popen(
-            [binary, f"--config.file={path}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        wait_until(self._ready, 20, "Prometheus to be ready")
+        self.log = workdir / "prometheus.log"  # a file, not a pipe nobody reads: a full pipe blocks the process
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [binary, f"--config.file={path}", f"--storage.tsdb.path={workdir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        wait_for(self._ready, 20, "Prometheus to be ready")
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
-            raise AssertionError(f"prometheus exited: {self.process.stderr.read().decode()[-2000:]}")
+            raise AssertionError(f"prometheus exited: {self.log.read_bytes()[-2000:].decode(errors='replace')}")
         try:
             with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
                 return r.status == 200
@@ -143,16 +139,6 @@ class Prometheus:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.process.stderr.close()
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def local_config(shipped: dict, *, metrics_port: int, prometheus_port: int, alertmanager_port: int,
@@ -171,7 +157,7 @@ def local_config(shipped: dict, *, metrics_port: int, prometheus_port: int, aler
 
 # -- the stack ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, broker):
     workdir = tmp_path_factory.mktemp("stack")
     monitor = load_app(str(ROOT / "examples" / "taxi_app.py") + ":monitor")
     # The dashboards' drift stat reads any *_psi metric: the example app must track one.
@@ -185,63 +171,68 @@ def stack(tmp_path_factory):
     producer_code = load_producer()
     events = list(simulate(0, n_events=N_EVENTS))
 
-    with EmbeddedBroker() as broker:
-        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-        admin.create_topics([NewTopic("predictions", 4, 1), NewTopic("feedback", 4, 1)])
-        admin.close()
-        source = RecordingSource(broker.bootstrap_servers, group_id="e2e")
-        server = monitor.serve(0)
-        sink = AlertSink()
-        prometheus = None
-        worker = threading.Thread(target=monitor.run, args=(source,),
-                                  kwargs={"state_dir": str(workdir / "state"), "checkpoint_interval": 0.5}, daemon=True)
-        worker.start()
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
-        try:
-            prometheus = Prometheus(local_config(shipped, metrics_port=server.port, prometheus_port=free_port(),
-                                                alertmanager_port=sink.port,
-                                                rules=[str(ROOT / "deploy/prometheus/rules/*.yml"),
-                                                       str(generated / "*.yml")]),
-                                    workdir)
-            # Target discovery hands Prometheus its targets only after ~5 s: wait for the first scrape,
-            # then send the events over ~5 s, so counters rise across several scrapes as they would live.
-            wait_until(lambda: prometheus.api("query", query='up{job="streammon"} == 1')["result"], 20,
-                       "the first scrape of the worker")
-            sent = producer_code.produce(lambda topic, key, value: producer.send(topic, key=key, value=value),
-                                         events, rate=6000.0)
-            producer.flush()
-            assert sent == len(events)
+    create_topics(broker, ["predictions", "feedback"], 4)
+    source = RecordingSource(broker.bootstrap_servers, group_id="e2e")
+    server = monitor.serve(0)
+    sink = AlertSink()
+    prometheus = None
+    worker = threading.Thread(target=monitor.run, args=(source,),
+                              kwargs={"state_dir": str(workdir / "state"), "checkpoint_interval": 0.5}, daemon=True)
+    worker.start()
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
+    try:
+        prometheus = Prometheus(local_config(shipped, metrics_port=server.port, prometheus_port=free_port(),
+                                            alertmanager_port=sink.port,
+                                            rules=[str(ROOT / "deploy/prometheus/rules/*.yml"),
+                                                   str(generated / "*.yml")]),
+                                workdir)
+        # Target discovery hands Prometheus its targets only after ~5 s: wait for the first scrape,
+        # then send the events over ~5 s, so counters rise across several scrapes as they would live.
+        wait_for(lambda: prometheus.api("query", query='up{job="streammon"} == 1')["result"], 20,
+                 "the first scrape of the worker")
+        sent = producer_code.produce(lambda topic, key, value: producer.send(topic, key=key, value=value),
+                                     events, rate=6000.0)
+        producer.flush()
+        assert sent == len(events)
 
-            scraped = []
+        scraped = []
 
-            def read_everything() -> bool:
-                got = prometheus.api("query", query='sum(streammon_events_total{monitor="taxi"})')["result"]
-                scraped[:] = got
-                return bool(got) and float(got[0]["value"][1]) == len(events)
+        def read_everything() -> bool:
+            got = prometheus.api("query", query='sum(streammon_events_total{monitor="taxi"})')["result"]
+            scraped[:] = got
+            return bool(got) and float(got[0]["value"][1]) == len(events)
 
-            wait_until(read_everything, 30, "Prometheus to scrape the worker after it read every event")
-            evaluated_at = scraped[0]["value"][0]  # the panels are read as of this moment
-            checkpoint_age = 'max(streammon_checkpoint_age_seconds{monitor="taxi"})'
-            wait_until(lambda: prometheus.api("query", query=checkpoint_age)["result"], 10, "a checkpoint")
-            yield {"monitor": monitor, "prometheus": prometheus, "sink": sink, "source": source, "events": events,
-                   "at": evaluated_at}
-        finally:
-            monitor.stop()
-            worker.join(15)
-            producer.close()
-            if prometheus is not None:
-                prometheus.stop()
-            sink.close()
-            monitor.close()
+        wait_for(read_everything, 30, "Prometheus to scrape the worker after it read every event")
+        evaluated_at = scraped[0]["value"][0]  # the panels are read as of this moment
+        checkpoint_age = 'max(streammon_checkpoint_age_seconds{monitor="taxi"})'
+        wait_for(lambda: prometheus.api("query", query=checkpoint_age)["result"], 10, "a checkpoint")
+        yield {"monitor": monitor, "prometheus": prometheus, "sink": sink, "source": source, "events": events,
+               "at": evaluated_at}
+    finally:
+        monitor.stop()
+        worker.join(15)
+        producer.close()
+        if prometheus is not None:
+            prometheus.stop()
+        sink.close()
+        monitor.close()
 
 
 @pytest.fixture(scope="module")
 def oracle(stack):
-    """The from-scratch join over the well-formed messages, in the order the worker read them."""
+    """The from-scratch join over the well-formed messages, in the order the worker processed them: aligned
+    by event time (docs/kafka.md, "Input order"), recomputed from what each partition held."""
     seen = stack["source"].seen
     produced = [json.dumps(e, separators=(",", ":")).encode() for e in stack["events"]]
     assert sorted(m.value for m in seen) == sorted(produced)  # every message, once
-    read = [json.loads(m.value) for m in seen]
+
+    def accepted(m) -> bool:
+        try:
+            e = json.loads(m.value)
+        except ValueError:
+            return False
+        return isinstance(e, dict) and well_formed(e)
+    read = [json.loads(m.value) for m in aligned_messages(seen, accepted)]
     good = [e for e in read if isinstance(e, dict) and well_formed(e)]
     assert len(good) < len(read)  # the demo's malformed events are in the stream
     return run_oracle(good, feedback_ttl=3 * HOUR, prediction_ttl=HOUR, segments=("version",))
@@ -390,7 +381,7 @@ def test_alerts_follow_the_oracle_and_reach_alertmanager(stack, oracle):
                 and {(a["labels"].get("window"), a["labels"].get("version")) for a in sink.received
                      if a["labels"]["alertname"] == "StreammonAccuracyBelow"} >= generated)
 
-    wait_until(settled, 15, "alerts to match the oracle")
+    wait_for(settled, 15, "alerts to match the oracle")
     notified = [a for a in sink.received if a["labels"]["alertname"] == "StreammonAccuracyBelow"]
     assert all(a["labels"]["monitor"] == "taxi" and a["labels"]["severity"] == "warning" for a in notified)
     assert all(f"below 0.7 (window {a['labels']['window']})" in a["annotations"]["summary"] for a in notified)

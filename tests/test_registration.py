@@ -117,7 +117,7 @@ def test_registration_after_events_is_refused():
 
 
 def test_capabilities_are_detected_and_drive_the_window_strategy():
-    from streammon.panes import MergingPanes, RevertingPanes, SubtractingPanes
+    from streammon.window_state import MergingPanes, RevertingPanes, SubtractingPanes
     m = monitor()
     m.track(ops.Accuracy())                                    # merge + subtract
     m.track(river_metrics.Accuracy(), name="river_accuracy")   # revert only

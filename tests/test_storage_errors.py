@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from streammon.checkpoint import BackgroundWrite, Checkpointer, CheckpointError, storage_error, write_atomically
+from streammon.checkpoint import Checkpointer
+from streammon.errors import CheckpointError
+from streammon.state_dir import BackgroundWrite, storage_error, write_atomically
 from streammon.cli import main
-from streammon.partials import write_partials
+from streammon.scaleout import write_partials
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests/kafka_app.py:monitor"
@@ -46,6 +48,7 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (16_384, 16_384))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interval", ["0.01", "60"])  # background snapshots by a forked child; the final one in place
 def test_a_snapshot_that_cannot_be_written_ends_run_with_the_reason_and_no_traceback(tmp_path, interval):
     state_dir = tmp_path / "state"

@@ -7,9 +7,11 @@ read, so that offsets and state move together (the Kafka connector builds on thi
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Message", "Source", "DeadLetterSink", "RebalanceListener"]
+__all__ = ["Message", "Source", "SeekableSource", "AlignableSource", "GroupSource", "SourceHealth", "DeadLetterSink",
+           "FlushingDeadLetterSink", "RebalanceListener"]
 
 Kind = Literal["prediction", "feedback"]
 
@@ -48,11 +50,63 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+# Optional capabilities: the runner detects each with isinstance() and uses it where present.
+@runtime_checkable
+class SeekableSource(Source, Protocol):
+    """A source that can resume at given offsets (needed to restart from a checkpoint)."""
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Resume at ``{(topic, partition): next offset}``; partitions not named start from the beginning."""
+
+
+@runtime_checkable
+class SourceHealth(Protocol):
+    """A source that reports its connection and lag (published as ``streammon_source_connected`` and ``_consumer_lag``)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records on the broker past what was delivered, per (topic, partition), where known."""
+
+
+@runtime_checkable
+class AlignableSource(Source, Protocol):
+    """A source read aligned by event time (streammon.align): it names its topics and can pause partitions."""
+
+    topics: Mapping[str, str]  # topic -> "prediction" or "feedback"
+
+    @property
+    def input_partitions(self) -> list[tuple[str, int]]: ...
+
+    def pause(self, partitions: list[tuple[str, int]]) -> None: ...
+
+    def resume(self, partitions: list[tuple[str, int]]) -> None: ...
+
+    def lag(self) -> dict[tuple[str, int], int]: ...
+
+
+@runtime_checkable
+class GroupSource(Source, Protocol):
+    """A source shared by a group of workers: it tells a :class:`RebalanceListener` what this worker owns."""
+
+    scale_out: bool
+
+    def listen(self, listener: RebalanceListener) -> None: ...
+
+
 @runtime_checkable
 class DeadLetterSink(Protocol):
     """Where rejected events go, with the reason (Kafka: a dead-letter topic, reason in a header)."""
 
     def send(self, message: Message, reason: str) -> None: ...
+
+
+@runtime_checkable
+class FlushingDeadLetterSink(DeadLetterSink, Protocol):
+    """A sink that buffers: :meth:`flush` returns once everything sent is delivered (before offsets are committed)."""
+
+    def flush(self) -> None: ...
 
 
 @runtime_checkable
@@ -62,9 +116,13 @@ class RebalanceListener(Protocol):
     A partition number ``i`` stands for partition ``i`` of both topics (they are co-partitioned).
     ``assigned`` returns where to resume each input partition (from its checkpoint); the source
     starts the others from the beginning. ``revoked`` is called before another worker may take
-    the partitions over, so their state can be checkpointed first.
+    the partitions over, so their state can be checkpointed first; ``lost``, when the group has
+    already given them away.
     """
 
     def assigned(self, partitions: list[int]) -> Mapping[tuple[str, int], int]: ...
 
     def revoked(self, partitions: list[int]) -> None: ...
+
+    def lost(self, partitions: list[int]) -> None:
+        """Taken away without a revocation (this worker was evicted): drop them without saving."""

@@ -57,7 +57,7 @@ class FileDeadLetter:
         self._pending: list[str] = []
         self._lock = threading.Lock()
         try:
-            self._file = open(self.path, "a", encoding="utf-8")
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open until close()
         except OSError as exc:
             raise SourceError(f"cannot open the dead-letter file {self.path}: {exc}") from exc
 
@@ -95,7 +95,7 @@ class FileDeadLetter:
             self.flush()
             self._file.close()
 
-    def __enter__(self) -> "FileDeadLetter":
+    def __enter__(self) -> FileDeadLetter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

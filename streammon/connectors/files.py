@@ -9,14 +9,14 @@ which rejects it with a reason like any bad Kafka message.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from itertools import chain, islice
 from os import PathLike
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 import pydantic_core
 
@@ -170,7 +170,12 @@ class FileSource:
             raise SourceError(f"{path}: not a readable Parquet file ({exc})") from exc
 
 
-def _lines(f: io.BufferedIOBase, limit: int) -> Iterator[bytes]:
+class _LineReader(Protocol):
+    # A plain binary file or a gzip one: typeshed gives them no common readable base.
+    def readline(self, size: int, /) -> bytes: ...
+
+
+def _lines(f: _LineReader, limit: int) -> Iterator[bytes]:
     while True:
         line = f.readline(limit + 1)
         if not line:

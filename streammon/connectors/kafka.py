@@ -12,13 +12,14 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, cast
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from ..errors import RegistrationError, SourceError
-from .base import Message, RebalanceListener
+from .base import Kind, Message, RebalanceListener
 from .kafka_group import CoPartitionAssignor, RebalanceBridge
 
 __all__ = ["KafkaSource", "KafkaDeadLetter"]
@@ -131,7 +132,7 @@ class KafkaSource(CachedHealth):
     def __init__(self, bootstrap_servers: str | list[str], *, predictions_topic: str = "predictions",
                  feedback_topic: str = "feedback", group_id: str = "streammon", metadata_timeout: float = 30.0,
                  scale_out: bool = False, **kafka_settings: Any) -> None:
-        self.topics = {predictions_topic: "prediction", feedback_topic: "feedback"}
+        self.topics: dict[str, Kind] = {predictions_topic: "prediction", feedback_topic: "feedback"}
         self.scale_out = scale_out
         self.in_rebalance = False  # set by the rebalance bridge while a group callback runs
         settings = dict(
@@ -166,8 +167,9 @@ class KafkaSource(CachedHealth):
         if missing:
             raise SourceError(f"topic(s) {', '.join(missing)} not found on the broker after {timeout:.0f} s; create them "
                               f"with the same number of partitions (keyed by prediction id)")
-        check_co_partitioned(counts)
-        return [TopicPartition(t, p) for t in self.topics for p in sorted(counts[t])]
+        found = cast("dict[str, set[int]]", counts)  # none missing: every topic has its partitions
+        check_co_partitioned(found)
+        return [TopicPartition(t, p) for t in self.topics for p in sorted(found[t])]
 
     # -- the Source protocol --------------------------------------------------------------------
     def poll(self, max_records: int, timeout: float) -> list[Message]:
@@ -260,7 +262,7 @@ def _unpark_resumed(consumer: KafkaConsumer) -> None:
     # not None). Until then it neither returns the parked records nor fetches that partition again: a
     # resumed partition stalled for good (tests/test_kafka_pause.py). A drained slot holds nothing, so
     # emptying it lets the fetcher restore one parked partition per poll, as it means to.
-    fetcher = getattr(consumer, "_fetcher", None)
+    fetcher: Any = getattr(consumer, "_fetcher", None)
     if getattr(fetcher, "_paused_partition_records", None):
         slot = fetcher._next_partition_records
         if slot is not None and not slot:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..errors import SourceError
-from .base import Message, RebalanceListener
+from .base import Kind, Message, RebalanceListener
 from .kafka import CachedHealth, check_co_partitioned, dead_letter_limit, dead_letter_record
 
 __all__ = ["ConfluentKafkaSource", "ConfluentKafkaDeadLetter"]
@@ -43,7 +44,7 @@ def _servers(bootstrap_servers: str | list[str]) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    error = exc.args[0] if exc.args else None
+    error: Any = exc.args[0] if exc.args else None  # confluent-kafka's KafkaError, or whatever another raiser put there
     return error.str() if hasattr(error, "str") else str(exc)
 
 
@@ -98,7 +99,7 @@ class ConfluentKafkaSource(CachedHealth):
                  feedback_topic: str = "feedback", group_id: str = "streammon", metadata_timeout: float = 30.0,
                  scale_out: bool = False, **settings: Any) -> None:
         ck = self._ck = _confluent()
-        self.topics = {predictions_topic: "prediction", feedback_topic: "feedback"}
+        self.topics: dict[str, Kind] = {predictions_topic: "prediction", feedback_topic: "feedback"}
         self.scale_out = scale_out
         self._listener: RebalanceListener | None = None
         self.bootstrap_servers = _servers(bootstrap_servers)
@@ -163,6 +164,7 @@ class ConfluentKafkaSource(CachedHealth):
             time.sleep(0.2)
         missing = [t for t, p in counts.items() if not p]
         if missing and not reached:
+            assert failure is not None  # nothing reached: every list_topics call raised
             raise SourceError(f"cannot reach Kafka at {self.bootstrap_servers} within {timeout:.0f} s: "
                               f"{_describe(failure)}") from failure
         if missing:
@@ -189,7 +191,7 @@ class ConfluentKafkaSource(CachedHealth):
             self._errors(logging.WARNING, "Kafka consume failed (%s); retrying", _describe(exc))
             return []
         kinds = self.topics
-        batch = []
+        batch: list[Message] = []
         append = batch.append
         for r in records:
             error = r.error()
@@ -341,7 +343,7 @@ class ConfluentKafkaSource(CachedHealth):
                 if position >= 0:
                     lag[key] = max(0, high - position)
             self._lag = lag
-        except Exception:  # noqa: BLE001 - a health probe must not raise into the monitor loop
+        except Exception:  # a health probe must not raise into the monitor loop
             log.debug("consumer lag probe failed", exc_info=True)
 
 
@@ -370,8 +372,8 @@ class ConfluentKafkaDeadLetter:
         ck = self._ck = _confluent()
         self.topic = topic
         servers = _servers(bootstrap_servers)
-        config = {"bootstrap.servers": servers, "compression.type": "gzip", "linger.ms": 20,
-                  "logger": logging.getLogger("streammon.librdkafka")}
+        config: dict[str, Any] = {"bootstrap.servers": servers, "compression.type": "gzip", "linger.ms": 20,
+                                  "logger": logging.getLogger("streammon.librdkafka")}
         config.update(settings)
         try:
             producer_limit = int(config.get("message.max.bytes", 1_000_000))  # librdkafka's default

@@ -13,12 +13,15 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from kafka import TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.abstract import (
-    AbstractPartitionAssignor, ConsumerProtocolAssignment, ConsumerProtocolSubscription,
+    AbstractPartitionAssignor,
+    ConsumerProtocolAssignment,
+    ConsumerProtocolSubscription,
 )
 
 from .base import RebalanceListener
@@ -28,7 +31,8 @@ __all__ = ["CoPartitionAssignor", "assign_partition_numbers"]
 log = logging.getLogger("streammon")
 
 
-def assign_partition_numbers(members: list[str], count: int, owned: dict[str, Iterable[int]]) -> dict[str, list[int]]:
+def assign_partition_numbers(members: Sequence[str], count: int,
+                             owned: Mapping[str, Iterable[int]]) -> dict[str, list[int]]:
     """Spread partition numbers ``0..count-1`` over ``members`` evenly, keeping what each owned.
 
     Each member gets ``count // len(members)`` numbers, the first ``count % len(members)`` (sorted)
@@ -76,13 +80,11 @@ class CoPartitionAssignor(AbstractPartitionAssignor):
         counts = {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
         owned: dict[str, list[int]] = defaultdict(list)
         for m in members:
-            try:
+            with contextlib.suppress(ValueError, TypeError):  # a member of another version: treat it as owning nothing
                 owned[m.member_id] = [int(p) for p in json.loads(m.metadata.user_data or b"[]")]
-            except (ValueError, TypeError):  # a member of another version: treat it as owning nothing
-                pass
         if len(set(counts.values())) > 1 or not topics:
             log.error("cannot co-partition topics with different partition counts %s; no partitions assigned", counts)
-            numbers = {m.member_id: [] for m in members}
+            numbers: dict[str, list[int]] = {m.member_id: [] for m in members}
         else:
             numbers = assign_partition_numbers([m.member_id for m in members], counts[topics[0]], owned)
         return {

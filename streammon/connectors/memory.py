@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from .base import Kind, Message
 
@@ -67,7 +68,7 @@ class PartitionedMemorySource:
 
     def __init__(self, records: Mapping[TopicPartition, Sequence[Any]], *,
                  topics: Mapping[str, Kind] | None = None, schedule: Schedule | None = None, seed: int = 0) -> None:
-        self.topics = dict(topics or {"predictions": "prediction", "feedback": "feedback"})
+        self.topics: dict[str, Kind] = dict(topics or {"predictions": "prediction", "feedback": "feedback"})
         self._log = {tp: list(values) for tp, values in records.items()}
         self._position = dict.fromkeys(self._log, 0)
         self._paused: set[TopicPartition] = set()

@@ -12,16 +12,18 @@ offsets to resume from, or "checkpointed"), exactly as a listener called inside 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing
 import time
 from collections import defaultdict
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from ..align import can_align
 from ..errors import SourceError
 from .base import Message, RebalanceListener
-from ..align import can_align
 
 __all__ = ["PrefetchingSource"]
 
@@ -179,7 +181,7 @@ def _columns(batch: list[Message]) -> list[tuple]:
 class _ListenerProxy:
     """In the child: each rebalance event goes to the parent, and the child waits for its answer."""
 
-    def __init__(self, child: "_Child") -> None:
+    def __init__(self, child: _Child) -> None:
         self._child = child
 
     def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
@@ -210,7 +212,7 @@ class _Child:
         elif kind == "commit":
             try:  # informational (the checkpoint holds the offsets); a failure must not break a rebalance's exchange
                 self.source.commit(message[1])
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.warning("committing offsets to the consumer group failed; state is safe in the checkpoint", exc_info=True)
         elif kind == "seek":
             self.source.seek(message[1])
@@ -274,12 +276,10 @@ def _child(factory: Callable[[], Any], conn: Any, depth: int, max_records: int) 
         child.run()
     except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the parent went away
         pass
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.exception("the source process failed")
-        try:
+        with contextlib.suppress(OSError):  # the parent may be gone too
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        except OSError:
-            pass
     finally:
         child.running = False  # the consumer's revocation as it closes asks no one
         source.close()

@@ -6,7 +6,7 @@ from .confusion import ConfusionMatrix
 from .distribution import ClassDistribution, LabelDistribution, MeanScore, NullRate
 from .drift import KS, PSI, load_reference
 from .regression import MAE, MSE, R2, RMSE, MeanError
-from .sketch import FeedbackDelay, QuantileSketch, Quantiles
+from .sketch import FeedbackDelay, Quantiles, QuantileSketch
 from .stats import Count, Mean, Moments
 
 __all__ = [

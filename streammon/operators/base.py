@@ -17,8 +17,9 @@ capability                what it buys
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["Operator", "Revertible", "Mergeable", "Capabilities", "capabilities", "fresh_copy", "Statistic"]
 

@@ -8,14 +8,15 @@ metrics (``LogLoss``, ``BrierScore``, ``ROCAUC``, ``Calibration``) read ``(y_tru
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Mapping
 from numbers import Real
-from typing import Any, Hashable, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
 from .base import Statistic
-from .terms import MeanOfTerms, one_row as _one
 from .confusion import ConfusionMatrix
+from .terms import MeanOfTerms, one_row
 
 __all__ = ["Accuracy", "Precision", "Recall", "F1", "LogLoss", "BrierScore", "ROCAUC", "Calibration"]
 
@@ -62,7 +63,8 @@ def _probabilities(y_true: Any, score: Any, pos_label: Hashable, *, of_true: boo
             if isinstance(sc, Mapping):
                 p[i] = _from_map(sc, yt if of_true else pos_label)
             elif isinstance(sc, Real) and not isinstance(sc, bool):
-                p[i] = sc if not of_true or is_pos[i] else 1.0 - sc
+                v = float(sc)
+                p[i] = v if not of_true or is_pos[i] else 1.0 - v
             else:
                 raise TypeError(f"score must be a probability or a class -> probability map, got {sc!r}")
     if not np.all((p >= 0.0) & (p <= 1.0)):  # also refuses NaN
@@ -107,10 +109,10 @@ class _ConfusionMetric(Statistic):
     def revert(self, y_true: Any, y_pred: Any) -> None:
         self.cm.revert(y_true, y_pred)
 
-    def merge(self, other: "_ConfusionMetric") -> None:
+    def merge(self, other: _ConfusionMetric) -> None:
         self.cm.merge(other.cm)
 
-    def subtract(self, other: "_ConfusionMetric") -> None:
+    def subtract(self, other: _ConfusionMetric) -> None:
         self.cm.subtract(other.cm)
 
     @staticmethod
@@ -254,7 +256,8 @@ class _Binned(Statistic):
     def _sums(self, y_true: Any, score: Any) -> tuple[np.ndarray, ...]:
         raise NotImplementedError
 
-    def _add(self, sums: tuple[np.ndarray | None, ...], sign: int) -> None:
+    # The fields are allocated together: all arrays, or all None.
+    def _add(self, sums: tuple[np.ndarray, ...] | tuple[None, ...], sign: int) -> None:
         if sums[0] is None:
             return
         if getattr(self, self._fields[0]) is None:
@@ -265,19 +268,19 @@ class _Binned(Statistic):
         for name, arr in zip(self._fields, sums):
             getattr(self, name)[:] += sign * arr
 
-    def _state(self) -> tuple[np.ndarray | None, ...]:
+    def _state(self) -> tuple[np.ndarray, ...] | tuple[None, ...]:
         return tuple(getattr(self, name) for name in self._fields)
 
     def update(self, y_true: Any, score: Any) -> None:
-        self._add(self._sums(_one(y_true), _one(score)), 1)
+        self._add(self._sums(one_row(y_true), one_row(score)), 1)
 
     def update_many(self, y_true: Any, score: Any) -> None:
         self._add(self._sums(y_true, score), 1)
 
     def revert(self, y_true: Any, score: Any) -> None:
-        self._add(self._sums(_one(y_true), _one(score)), -1)
+        self._add(self._sums(one_row(y_true), one_row(score)), -1)
 
-    def merge(self, other: "_Binned") -> None:
+    def merge(self, other: _Binned) -> None:
         if not self._merge_held(other, 1):
             self._add(other._state(), 1)
 
@@ -318,7 +321,7 @@ class _Binned(Statistic):
             setattr(self, field_name, arr)
         return getattr(self, name)
 
-    def _merge_held(self, other: "_Binned", sign: int) -> bool:
+    def _merge_held(self, other: _Binned, sign: int) -> bool:
         held = other.__dict__.get("_held")
         if held is None:
             return False
@@ -332,7 +335,7 @@ class _Binned(Statistic):
             getattr(self, name)[used] += sign * vals
         return True
 
-    def subtract(self, other: "_Binned") -> None:
+    def subtract(self, other: _Binned) -> None:
         if not self._merge_held(other, -1):
             self._add(other._state(), -1)
 

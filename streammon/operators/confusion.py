@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 
@@ -49,11 +50,11 @@ class ConfusionMatrix(Statistic):
             del self.counts[key]
         self.n -= 1
 
-    def merge(self, other: "ConfusionMatrix") -> None:
+    def merge(self, other: ConfusionMatrix) -> None:
         self.counts.update(other.counts)
         self.n += other.n
 
-    def subtract(self, other: "ConfusionMatrix") -> None:
+    def subtract(self, other: ConfusionMatrix) -> None:
         self.counts.subtract(other.counts)
         for key in [k for k, v in self.counts.items() if v == 0]:
             del self.counts[key]

@@ -80,10 +80,10 @@ class ClassDistribution(Statistic):
         if not _missing(x):
             self._apply(Counter([class_key(x)]), -1)
 
-    def merge(self, other: "ClassDistribution") -> None:
+    def merge(self, other: ClassDistribution) -> None:
         self._apply(other.counts, 1)
 
-    def subtract(self, other: "ClassDistribution") -> None:
+    def subtract(self, other: ClassDistribution) -> None:
         self._apply(other.counts, -1)
 
     def get(self) -> dict[str, float] | float:
@@ -147,11 +147,11 @@ class NullRate(Statistic):
         self.n -= 1
         self.nulls -= _missing(x)
 
-    def merge(self, other: "NullRate") -> None:
+    def merge(self, other: NullRate) -> None:
         self.n += other.n
         self.nulls += other.nulls
 
-    def subtract(self, other: "NullRate") -> None:
+    def subtract(self, other: NullRate) -> None:
         self.n -= other.n
         self.nulls -= other.nulls
 

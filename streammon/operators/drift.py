@@ -58,11 +58,12 @@ class _Drift(Statistic):
     """Counts of the window per cell of a fitted reference; subclasses say how cells are cut and read."""
 
     of = "score"
+    counts: np.ndarray
 
     def _cells(self, values: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def clone(self) -> "_Drift":
+    def clone(self) -> _Drift:
         # The fitted reference is immutable and shared; only the counts are new.
         fresh = copy.copy(self)
         fresh.counts = np.zeros_like(self.counts)
@@ -80,15 +81,15 @@ class _Drift(Statistic):
     def revert(self, x: Any) -> None:
         self.counts -= self._batch([x])
 
-    def _check(self, other: "_Drift") -> None:
+    def _check(self, other: _Drift) -> None:
         if type(other) is not type(self) or other.counts.shape != self.counts.shape:
             raise ValueError(f"cannot combine {self!r} with {other!r}: they were fitted differently")
 
-    def merge(self, other: "_Drift") -> None:
+    def merge(self, other: _Drift) -> None:
         self._check(other)
         self.counts += other.counts
 
-    def subtract(self, other: "_Drift") -> None:
+    def subtract(self, other: _Drift) -> None:
         self._check(other)
         self.counts -= other.counts
 

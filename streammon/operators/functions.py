@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class Finalized:
             if not getattr(caps, name):
                 setattr(self, name, None)
 
-    def clone(self) -> "Finalized":
+    def clone(self) -> Finalized:
         return Finalized(fresh_copy(self.stat), self.fn)
 
     def update(self, *args: Any) -> None:
@@ -39,10 +40,10 @@ class Finalized:
     def revert(self, *args: Any) -> None:
         self.stat.revert(*args)
 
-    def merge(self, other: "Finalized") -> None:
+    def merge(self, other: Finalized) -> None:
         self.stat.merge(other.stat)
 
-    def subtract(self, other: "Finalized") -> None:
+    def subtract(self, other: Finalized) -> None:
         self.stat.subtract(other.stat)
 
     def get(self) -> Any:

@@ -151,10 +151,10 @@ class R2(Statistic):
     def revert(self, y_true: float, y_pred: float) -> None:
         self._remove(*self._stats(*_pairs([y_true], [y_pred])))
 
-    def merge(self, other: "R2") -> None:
+    def merge(self, other: R2) -> None:
         self._add(*other._state())
 
-    def subtract(self, other: "R2") -> None:
+    def subtract(self, other: R2) -> None:
         self._remove(*other._state())
 
     def get(self) -> float:

@@ -12,12 +12,13 @@ class RiverStat:
 
     def __init__(self, stat: Any) -> None:
         self.stat = stat
-        if not hasattr(type(stat), "__isub__"):
-            self.subtract = None
-        if not callable(getattr(stat, "revert", None)):
-            self.revert = None
+        # What the river object lacks is hidden, so windows choose as for the object itself.
+        for name, present in (("subtract", hasattr(type(stat), "__isub__")),
+                              ("revert", callable(getattr(stat, "revert", None)))):
+            if not present:
+                setattr(self, name, None)
 
-    def clone(self) -> "RiverStat":
+    def clone(self) -> RiverStat:
         return RiverStat(self.stat.clone())
 
     def update(self, *args: Any) -> None:
@@ -26,10 +27,10 @@ class RiverStat:
     def revert(self, *args: Any) -> None:
         self.stat.revert(*args)
 
-    def merge(self, other: "RiverStat") -> None:
+    def merge(self, other: RiverStat) -> None:
         self.stat += other.stat
 
-    def subtract(self, other: "RiverStat") -> None:
+    def subtract(self, other: RiverStat) -> None:
         self.stat -= other.stat
 
     def get(self) -> float:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Real
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -154,15 +155,15 @@ class QuantileSketch(Statistic):
     def revert(self, x: Any) -> None:
         self._apply(self._batch([x]), -1)
 
-    def _check(self, other: "QuantileSketch") -> None:
+    def _check(self, other: QuantileSketch) -> None:
         if other.alpha != self.alpha:
             raise ValueError(f"cannot combine sketches with alpha {self.alpha} and {other.alpha}")
 
-    def merge(self, other: "QuantileSketch") -> None:
+    def merge(self, other: QuantileSketch) -> None:
         self._check(other)
         self._apply(((other.positive.offset, other.positive.counts), (other.negative.offset, other.negative.counts), other.zeros), 1)
 
-    def subtract(self, other: "QuantileSketch") -> None:
+    def subtract(self, other: QuantileSketch) -> None:
         self._check(other)
         self._apply(((other.positive.offset, other.positive.counts), (other.negative.offset, other.negative.counts), other.zeros), -1)
 
@@ -190,7 +191,7 @@ class QuantileSketch(Statistic):
         j = int(np.searchsorted(np.cumsum(self.positive.counts), rank, side="right"))
         return self._value(self.positive.offset + j)
 
-    def get(self) -> float:
+    def get(self) -> float | dict[str, float]:
         """The median."""
         return self.quantile(0.5)
 

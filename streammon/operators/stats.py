@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Self
 
 import numpy as np
 
@@ -39,10 +40,10 @@ class Count(Statistic):
     def revert(self, *_args) -> None:
         self.n -= 1
 
-    def merge(self, other: "Count") -> None:
+    def merge(self, other: Count) -> None:
         self.n += other.n
 
-    def subtract(self, other: "Count") -> None:
+    def subtract(self, other: Count) -> None:
         self.n -= other.n
 
     def get(self) -> float:
@@ -76,7 +77,7 @@ class Mean(Statistic):
         self.total += x
 
     def update_many(self, xs) -> None:
-        arr = _numbers([np.nan if x is None else x for x in xs] if getattr(xs, "dtype", None) == object else xs)
+        arr = _numbers([np.nan if x is None else x for x in xs] if getattr(xs, "dtype", None) == object else xs)  # noqa: E721 - compares a dtype, which equals object for object arrays
         self.n += len(arr)
         self.total += float(arr.sum())
 
@@ -86,11 +87,11 @@ class Mean(Statistic):
         self.n -= 1
         self.total -= float(x)
 
-    def merge(self, other: "Mean") -> None:
+    def merge(self, other: Self) -> None:
         self.n += other.n
         self.total += other.total
 
-    def subtract(self, other: "Mean") -> None:
+    def subtract(self, other: Self) -> None:
         self.n -= other.n
         self.total -= other.total
 
@@ -118,7 +119,7 @@ class Moments(Mean):
         self.total_sq += float(x) ** 2
 
     def update_many(self, xs) -> None:
-        arr = _numbers([np.nan if x is None else x for x in xs] if getattr(xs, "dtype", None) == object else xs)
+        arr = _numbers([np.nan if x is None else x for x in xs] if getattr(xs, "dtype", None) == object else xs)  # noqa: E721 - compares a dtype, which equals object for object arrays
         self.n += len(arr)
         self.total += float(arr.sum())
         self.total_sq += float(np.dot(arr, arr))
@@ -129,11 +130,11 @@ class Moments(Mean):
         super().revert(x)
         self.total_sq -= float(x) ** 2
 
-    def merge(self, other: "Moments") -> None:
+    def merge(self, other: Self) -> None:
         super().merge(other)
         self.total_sq += other.total_sq
 
-    def subtract(self, other: "Moments") -> None:
+    def subtract(self, other: Self) -> None:
         super().subtract(other)
         self.total_sq -= other.total_sq
 

@@ -49,10 +49,10 @@ class MeanOfTerms(Statistic):
     def revert(self, y_true: Any, other: Any) -> None:
         self._add(-1, -float(self._terms(one_row(y_true), one_row(other))[0]))
 
-    def merge(self, other: "MeanOfTerms") -> None:
+    def merge(self, other: MeanOfTerms) -> None:
         self._add(other.n, other.total)
 
-    def subtract(self, other: "MeanOfTerms") -> None:
+    def subtract(self, other: MeanOfTerms) -> None:
         self._add(-other.n, -other.total)
 
     def get(self) -> float:

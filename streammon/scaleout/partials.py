@@ -13,30 +13,32 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from .checkpoint import CheckpointError, _signature, dumps, loads, write_atomically
-from .engine import Engine, Health, SeriesKeys
-from .errors import RegistrationError
-from .join import JoinCounts
-from .operators.base import fresh_copy
-from .panes import CumulativeState, WindowState
-from .windows import Sliding
+from ..engine import Engine, Health, SeriesKeys
+from ..errors import CheckpointError, RegistrationError
+from ..join import JoinCounts
+from ..operators.base import fresh_copy
+from ..snapshot import dumps, loads, signature
+from ..state_dir import StateDirectory, write_atomically
+from ..window_state import CumulativeState, PaneState, WindowState
+from ..windows import Sliding
 
 if TYPE_CHECKING:
-    from .monitor import Monitor
-    from .registry import Tracked
+    from ..registry import Tracked
+    from ..settings import MonitorSettings
 
-__all__ = ["PartialsExporter", "require_mergeable", "dump_partials", "merge_partials"]
+__all__ = ["PartialsExporter", "MergedView", "require_mergeable", "dump_partials", "merge_partials", "write_partials",
+           "published_lineage"]
 
 log = logging.getLogger("streammon")
-PARTIALS = "partials-{}.pkl"
 _SETTLED_NS = 100_000_000  # 0.1 s: longer than any file-time tick
 
 
-def require_mergeable(metrics: list["Tracked"]) -> None:
+def require_mergeable(metrics: list[Tracked]) -> None:
     """Refuse, with the fix, metrics whose per-partition results cannot be combined."""
     bad = [t for t in metrics if not t.caps.merge]
     if bad:
@@ -53,6 +55,7 @@ def _window_partials(state: WindowState) -> dict[int, list[tuple[int, Any, int]]
     """{series code: [(pane, partial operator, count), ...]}; pane 0 for a cumulative window."""
     if isinstance(state, CumulativeState):
         return {code: [(0, op, state.counts[code])] for code, op in state.ops.items()}
+    assert isinstance(state, PaneState)  # make_state gives every sliding window a pane state
     return {code: [(pane, entry[0], entry[1]) for pane, entry in panes.items()] for code, panes in state.panes.items()}
 
 
@@ -60,7 +63,7 @@ def dump_partials(engine: Engine, *, partition: int, offsets: Mapping[tuple[str,
     store = engine.store
     state = {
         "format": 1,
-        "signature": _signature(engine),
+        "signature": signature(engine),
         "partition": partition,
         "lineage": lineage,
         # Offsets only grow along one lineage, so their sum orders a partition's partials.
@@ -77,21 +80,32 @@ def dump_partials(engine: Engine, *, partition: int, offsets: Mapping[tuple[str,
     return dumps(state, engine)
 
 
-@dataclass
-class _MergedStore:
-    pending_predictions: int = 0
-    pending_feedback: int = 0
-    counts: JoinCounts = field(default_factory=JoinCounts)
+@dataclass(eq=False)
+class MergedWindow:
+    """One window of one metric, merged over every partition: what a scrape reads of it."""
 
-
-class _MergedState(WindowState):
-    def __init__(self, window: Any, prototype: Any, merged: dict[int, list]) -> None:
-        super().__init__(window, prototype, None, None)
-        self.merged = merged
+    window: Any
+    merged: dict[int, list]  # series code -> [merged operator, count]
 
     def series(self) -> Iterator[tuple[int, int, Any]]:
         for code, (op, count) in self.merged.items():
             yield code, count, op
+
+
+@dataclass(eq=False)
+class MergedView:
+    """The global view of a scaled-out group (a :class:`~streammon.view.View`), merged from every partition's partials."""
+
+    keys: SeriesKeys
+    health: Health = field(default_factory=Health)
+    counts: JoinCounts = field(default_factory=JoinCounts)
+    pending_predictions: int = 0
+    pending_feedback: int = 0
+    stream_time: float = -math.inf
+    metrics: list[tuple[Tracked, list[MergedWindow]]] = field(default_factory=list)
+
+    def metric_error(self, name: str, window: str, exc: BaseException) -> None:
+        self.health.operator_errors[(name, window)] += 1
 
 
 def _add_health(total: Health, part: Mapping[str, Any]) -> None:
@@ -104,25 +118,24 @@ def _add_health(total: Health, part: Mapping[str, Any]) -> None:
     total.batch_seconds += part["batch_seconds"]
 
 
-def merge_partials(monitor: "Monitor", partials: list[dict[str, Any]]) -> Engine:
-    """The global view: an engine whose window states hold the merge of every partition's panes."""
-    s = monitor.settings
+def merge_partials(settings: MonitorSettings, metrics: list[Tracked], partials: list[dict[str, Any]]) -> MergedView:
+    """The global view: per metric and window, the merge of every partition's panes still in the window."""
+    s = settings
     keys = SeriesKeys(s.segments, s.max_segment_values)
-    store = _MergedStore()
-    view = Engine(store, keys)  # type: ignore[arg-type]
+    view = MergedView(keys)
     view.stream_time = max((p["stream_time"] for p in partials), default=-math.inf)
     overflow: dict[str, int] = defaultdict(int)
     for part in partials:
         _add_health(view.health, part["health"])
-        store.pending_predictions += part["pending"][0]
-        store.pending_feedback += part["pending"][1]
+        view.pending_predictions += part["pending"][0]
+        view.pending_feedback += part["pending"][1]
         for name, n in vars(part["counts"]).items():
-            setattr(store.counts, name, getattr(store.counts, name) + n)
+            setattr(view.counts, name, getattr(view.counts, name) + n)
         for label, n in part["overflow"].items():
             overflow[label] += n
     # Each partition numbers its series itself: they meet by their labels.
     remaps = [[keys.code(labels[0], dict(zip(s.segments, labels[1:]))) for labels in part["labels"]] for part in partials]
-    for tracked, _ in monitor._engine.metrics:
+    for tracked in metrics:
         states = []
         for i, window in enumerate(tracked.windows):
             first = (math.floor(view.stream_time / window.step) + 1 - window.panes) if isinstance(window, Sliding) else None
@@ -140,19 +153,28 @@ def merge_partials(monitor: "Monitor", partials: list[dict[str, Any]]) -> Engine
                                 view.health.operator_errors[(tracked.name, window.label)] += count
                                 continue
                             slot[1] += count
-            states.append(_MergedState(window, tracked.prototype, merged))
+            states.append(MergedWindow(window, merged))
         view.metrics.append((tracked, states))
     keys.overflow = overflow
     return view
 
 
 class PartialsExporter:
-    """Reads the partials files in a state directory and swaps the merged view into the monitor."""
+    """Reads the partials files in a state directory and keeps their merge as :attr:`view`.
 
-    def __init__(self, monitor: "Monitor", state_dir: str) -> None:
-        require_mergeable(monitor.metrics)
-        self.monitor = monitor
-        self.directory = Path(state_dir)
+    ``engine`` is an empty engine of the app: it names the app's functions and metrics the files must match;
+    ``on_view`` is told of each new merge.
+    """
+
+    def __init__(self, settings: MonitorSettings, engine: Engine, state_dir: str, *,
+                 on_view: Callable[[MergedView], None] | None = None) -> None:
+        self.metrics = [t for t, _ in engine.metrics]
+        require_mergeable(self.metrics)
+        self.settings, self.engine = settings, engine
+        self.layout = StateDirectory(state_dir, create=False)
+        self.directory = self.layout.path
+        self.view: MergedView | None = None  # None until the first partial is read
+        self.on_view = on_view  # told of every new view
         self.latest: dict[int, dict[str, Any]] = {}  # partition -> newest partial accepted
         self.errors: dict[str, int] = defaultdict(int)  # partition (from the file name) -> file versions refused
         self._seen: dict[Path, tuple[tuple[int, int, int], int]] = {}  # file -> (its stat, wall ns) when last read
@@ -161,7 +183,8 @@ class PartialsExporter:
     def refresh(self) -> bool:
         """Read what changed; rebuild the view if any partition moved on. True when it did."""
         changed = False
-        for path in sorted(self.directory.glob(PARTIALS.format("*"))):
+        for path in self.layout.partials_files():
+            key = (-1, -1, -1)  # until stat() answers: a file that cannot be stat'ed is refused once, not per refresh
             try:
                 stat = path.stat()
                 key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
@@ -179,7 +202,7 @@ class PartialsExporter:
                 self._refuse(path, key, f"cannot read it: {exc.strerror or exc}")
                 continue
             try:
-                part = _checked(loads(data, self.monitor._engine), path)
+                part = _checked(loads(data, self.engine), path, self.layout)
             except CheckpointError as exc:
                 self._refuse(path, key, str(exc))
                 continue
@@ -192,9 +215,9 @@ class PartialsExporter:
             if self._accept(part):
                 changed = True
         if changed:
-            view = merge_partials(self.monitor, [self.latest[p] for p in sorted(self.latest)])
-            with self.monitor._lock:
-                self.monitor._engine = view
+            self.view = merge_partials(self.settings, self.metrics, [self.latest[p] for p in sorted(self.latest)])
+            if self.on_view is not None:
+                self.on_view(self.view)
         return changed
 
     def _refuse(self, path: Path, key: tuple[int, int, int], reason: str) -> None:
@@ -202,7 +225,7 @@ class PartialsExporter:
         if self._refused.get(path) == key:
             return
         self._refused[path] = key
-        partition = path.name[len("partials-"):-len(".pkl")]
+        partition = StateDirectory.partials_partition(path)
         self.errors[partition] += 1
         held = "keeps its last good partial" if partition.isdigit() and int(partition) in self.latest else "has no good partial yet"
         log.error("cannot use %s: %s; partition %s %s until the file changes and is read again", path, reason, partition, held)
@@ -219,30 +242,31 @@ class PartialsExporter:
     def ages(self) -> dict[int, float]:
         """Seconds since each partition's newest partial was written."""
         now = time.time()
-        return {p: max(0.0, now - part["written"]) for p, part in self.latest.items()}
+        return {p: max(0.0, now - part["written"]) for p, part in list(self.latest.items())}  # refreshed in another thread
 
 
 _FIELDS = ("partition", "lineage", "version", "written", "stream_time", "labels", "overflow", "health", "pending",
            "counts", "windows")
 
 
-def _checked(part: Any, path: Path) -> dict[str, Any]:
+def _checked(part: Any, path: Path, layout: StateDirectory) -> dict[str, Any]:
     """``part`` if it has every field :func:`merge_partials` reads, for the partition its file is named after."""
     if not isinstance(part, dict) or any(name not in part for name in _FIELDS):
         raise CheckpointError("it is not a partials file of this version of streammon")
-    if PARTIALS.format(part["partition"]) != path.name:
+    if layout.partials(part["partition"]).name != path.name:
         raise CheckpointError(f"it holds partition {part['partition']!r}, not the one in its name (copied or renamed?)")
     return part
 
 
-def published_lineage(directory: Path, partition: int, engine: Engine) -> str | None:
+def published_lineage(layout: StateDirectory, partition: int, engine: Engine) -> str | None:
     """The lineage of the partials last published for ``partition``, if any can be read."""
     try:
-        return loads((directory / PARTIALS.format(partition)).read_bytes(), engine)["lineage"]
+        return loads(layout.partials(partition).read_bytes(), engine)["lineage"]
     except Exception:  # noqa: BLE001 - unreadable or garbage: a fresh lineage, and the file is overwritten
         return None
 
 
 def write_partials(directory: Path, partition: int, data: bytes) -> None:
     # Partials can be rebuilt from the checkpoint, so they skip the fsync that checkpoints pay for.
-    write_atomically(directory / PARTIALS.format(partition), data, durable=False, what="the partial aggregates")
+    write_atomically(StateDirectory(directory, create=False).partials(partition), data, durable=False,
+                     what="the partial aggregates")

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .operators.base import Capabilities, fresh_copy
 from .windows import Cumulative, Sliding, Window
 
-__all__ = ["WindowState", "ErrorSink", "Grouped", "group_rows", "make_state"]
+__all__ = ["WindowState", "CumulativeState", "PaneState", "ErrorSink", "Grouped", "group_rows", "make_state"]
 
 # Called as sink(window_label, event_id, exception) for every row an operator refused.
 ErrorSink = Callable[[str, Any, BaseException], None]
@@ -75,6 +76,7 @@ def group_rows(window: Window, stream_time: float, codes: np.ndarray, times: np.
     shared by every metric that reads the same columns in the same window."""
     if isinstance(window, Cumulative):
         return Grouped([Group(code, 0, *_take(cols, ids, idx)) for code, idx in _split(codes)], [])
+    assert isinstance(window, Sliding)  # the only other kind of window
     first = math.floor(stream_time / window.step) + 1 - window.panes
     pane_of = np.floor(times / window.step).astype(np.int64)
     inside = pane_of >= first
@@ -159,7 +161,7 @@ class CumulativeState(WindowState):
             yield code, self.counts[code], op
 
 
-class _Panes(WindowState):
+class PaneState(WindowState):
     """Shared pane bookkeeping of the sliding strategies."""
 
     window: Sliding
@@ -198,7 +200,7 @@ class _Panes(WindowState):
         raise NotImplementedError
 
 
-class _Totals(_Panes):
+class _Totals(PaneState):
     """Strategies that keep a running [operator, count] per series for the whole window."""
 
     def __init__(self, *args: Any) -> None:
@@ -252,7 +254,7 @@ class SubtractingPanes(_Totals):
         total.subtract(partial)
 
 
-class MergingPanes(_Panes):
+class MergingPanes(PaneState):
     """merge only: a partial per pane, combined at scrape time (O(panes) merges per series)."""
 
     def _add_group(self, code, pane, cols, ids) -> None:

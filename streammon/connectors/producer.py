@@ -13,17 +13,19 @@ bytes of events not yet acknowledged, and waits at most ``send_timeout`` for roo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from typing import Any, Callable, Literal, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from .connectors.base import Kind, Message, Source
-from .errors import EventError, RegistrationError, SourceError
-from .events import Event, EventPolicy, decode_event
+from ..errors import EventError, RegistrationError, SourceError
+from ..events import Event, EventPolicy, decode_event
+from .base import Kind, Message, Source
 
 __all__ = ["EventProducer", "MemoryProducer", "ProducerSettings", "produce_all"]
 
@@ -57,7 +59,7 @@ class _Producer:
 
     def __init__(self, settings: ProducerSettings) -> None:
         self.settings = settings
-        self._topics = {"prediction": settings.predictions_topic, "feedback": settings.feedback_topic}
+        self._topics: dict[Kind, str] = {"prediction": settings.predictions_topic, "feedback": settings.feedback_topic}
         self._closed = False
 
     def log_prediction(self, id: str, prediction: Any, *, ts: float | str | None = None, score: Any = None,
@@ -258,10 +260,8 @@ class EventProducer(_Producer):
         if self._closed:
             return
         self._closed = True
-        try:
+        with contextlib.suppress(SourceError):  # counted below, once the undelivered events have been failed
             self.flush(timeout)
-        except SourceError:
-            pass  # counted below, once the undelivered events have been failed
         try:
             self._kafka.close(0)
         except Exception:  # noqa: BLE001
@@ -279,8 +279,7 @@ class EventProducer(_Producer):
 
 
 def _connect(bootstrap_servers: str | Sequence[str], settings: ProducerSettings, extra: dict[str, Any]):
-    from kafka import KafkaProducer
-    from kafka import codec
+    from kafka import KafkaProducer, codec
 
     for name in extra:
         if name in _OWNED:

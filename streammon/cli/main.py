@@ -15,24 +15,19 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Literal
 
-from .apps import AppLoadError, load_app
-from .cli_generate import UsageError, add_generate_commands
-from .cli_kafka import kafka_dead_letter as _kafka_dead_letter
-from .cli_kafka import kafka_option as _kafka_option
-from .cli_kafka import kafka_settings
-from .cli_kafka import kafka_source as _kafka_source
-from .errors import RegistrationError, SourceError, StreamMonError
-from .monitor import Monitor
+from ..apps import load_app
+from ..errors import AppLoadError, RegistrationError, SourceError, StreamMonError, UsageError
+from ..monitor import Monitor
+from .generate import add_generate_commands
+from .kafka import kafka_dead_letter, kafka_option, kafka_settings, kafka_source
 
-__all__ = ["main", "load_app", "AppLoadError"]
+__all__ = ["main"]
 
 log = logging.getLogger("streammon")
-
-
-_UsageError = UsageError
 
 
 # -- reading results --------------------------------------------------------------------------
@@ -89,24 +84,24 @@ def _health(monitor: Monitor) -> str:
 
 
 # -- commands ---------------------------------------------------------------------------------
-def _source(paths: Sequence[str], order: str):
-    from .connectors import FileSource  # imported late: reading files is the only use
+def _source(paths: Sequence[str], order: Literal["file", "time"]):
+    from ..connectors import FileSource  # imported late: reading files is the only use
 
     try:
         return FileSource(paths, order=order)
     except (RegistrationError, SourceError) as exc:  # a missing file or an unknown suffix
-        raise _UsageError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
 
 
 def _dead_letter(monitor: Monitor, path: str | None) -> contextlib.AbstractContextManager:
     if not path:
         return contextlib.nullcontext()
-    from .connectors import FileDeadLetter
+    from ..connectors import FileDeadLetter
 
     try:
         sink = FileDeadLetter(path)
     except SourceError as exc:
-        raise _UsageError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     monitor.dead_letter = sink
     return sink
 
@@ -124,14 +119,14 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if bool(args.source) == bool(args.bootstrap_servers):
-        raise _UsageError("give either --bootstrap-servers HOST:PORT (Kafka) or --source FILE... (event files)")
+        raise UsageError("give either --bootstrap-servers HOST:PORT (Kafka) or --source FILE... (event files)")
     security = _metrics_security(args)
     monitor = load_app(args.app)
     if args.scale_out:
         _require_mergeable(monitor)
     if args.bootstrap_servers:
-        source = _kafka_source(args)
-        dead_letter = contextlib.nullcontext() if args.dead_letter else _kafka_dead_letter(monitor, args)
+        source = kafka_source(args)
+        dead_letter = contextlib.nullcontext() if args.dead_letter else kafka_dead_letter(monitor, args)
     else:
         source = _source(args.source, args.order)
         dead_letter = contextlib.nullcontext()
@@ -152,18 +147,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _require_mergeable(monitor: Monitor) -> None:
-    from .partials import require_mergeable
+    from ..scaleout import require_mergeable
     try:
         require_mergeable(monitor.metrics)
     except RegistrationError as exc:
-        raise _UsageError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
 
 
 def _export(args: argparse.Namespace) -> int:
     security = _metrics_security(args)
     monitor = load_app(args.app)
     if not Path(args.state_dir).is_dir():
-        raise _UsageError(f"--state-dir {args.state_dir} is not a directory: give the one the scaled-out workers share")
+        raise UsageError(f"--state-dir {args.state_dir} is not a directory: give the one the scaled-out workers share")
     _require_mergeable(monitor)
     server = _serve(monitor, args, security)
     print(f"serving {server.url}", flush=True)
@@ -180,15 +175,15 @@ def _serve(monitor: Monitor, args: argparse.Namespace, security: dict[str, Any])
     try:
         return monitor.serve(port, host=host, **security)
     except RegistrationError as exc:  # a certificate or key that cannot be loaded
-        raise _UsageError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     except OSError as exc:
-        raise _UsageError(f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 def _metrics_security(args: argparse.Namespace) -> dict[str, Any]:
     """``serve()``'s TLS and basic-auth settings from the flags, checked before anything starts."""
     if args.tls_key and not args.tls_cert:
-        raise _UsageError("--tls-key needs --tls-cert FILE (the certificate the key belongs to)")
+        raise UsageError("--tls-key needs --tls-cert FILE (the certificate the key belongs to)")
     security: dict[str, Any] = {"certfile": args.tls_cert, "keyfile": args.tls_key}
     if args.basic_auth_file:
         security["basic_auth"] = _read_basic_auth(args.basic_auth_file)
@@ -202,15 +197,15 @@ def _read_basic_auth(path: str) -> tuple[str, str]:
         text = Path(path).read_text(encoding="utf-8")
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise _UsageError(f"--basic-auth-file {path} does not exist: {fix}") from None
+        raise UsageError(f"--basic-auth-file {path} does not exist: {fix}") from None
     except UnicodeDecodeError:
-        raise _UsageError(f"--basic-auth-file {path} is not UTF-8 text: {fix}") from None
+        raise UsageError(f"--basic-auth-file {path} is not UTF-8 text: {fix}") from None
     except OSError as exc:
-        raise _UsageError(f"cannot read --basic-auth-file {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read --basic-auth-file {path}: {exc.strerror or exc}") from None
     lines = text.rstrip("\r\n").splitlines()
     user, colon, password = lines[0].partition(":") if len(lines) == 1 else ("", "", "")
     if not (user and colon and password):  # never echo the content: it may be the secret, mistyped
-        raise _UsageError(f"--basic-auth-file {path} must hold exactly one line user:password (neither empty): {fix}")
+        raise UsageError(f"--basic-auth-file {path} must hold exactly one line user:password (neither empty): {fix}")
     # A warning, not a refusal: Kubernetes and Docker mount secrets 0644/0444 by default, alone in their container.
     if mode & 0o044:
         log.warning("--basic-auth-file %s is readable by other users (mode %o): chmod 600 %s", path, mode & 0o777, path)
@@ -219,29 +214,29 @@ def _read_basic_auth(path: str) -> tuple[str, str]:
 
 def _demo(args: argparse.Namespace) -> int:
     if args.rate <= 0 or (args.duration is not None and args.duration <= 0):
-        raise _UsageError("--rate and --duration must be positive")
+        raise UsageError("--rate and --duration must be positive")
     options = dict(seed=args.seed, rate=args.rate, duration=args.duration, port=args.port, host=args.host,
                    serve=not args.no_serve, report_every=args.report_every)
     with _stop_on_signals() as stop:
         try:
             if args.in_process:
-                from .demo import run_demo  # imported late: it trains the demo's river models
+                from ..demo.local import run_demo  # imported late: it trains the demo's river models
                 run_demo(**options, stop=stop)
             else:
-                from .demo_kafka import run_kafka_demo
+                from ..demo.kafka import run_kafka_demo
                 run_kafka_demo(**options, stop=stop, bootstrap_servers=args.bootstrap_servers, produce_only=args.produce_only)
         except OSError as exc:
-            raise _UsageError(f"cannot serve /metrics on {args.host}:{args.port}: {exc.strerror or exc}") from exc
+            raise UsageError(f"cannot serve /metrics on {args.host}:{args.port}: {exc.strerror or exc}") from exc
     return 0
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from .producer import EventProducer, produce_all  # imported late: only this command sends to Kafka
+    from ..connectors.producer import EventProducer, produce_all  # imported late: only this command sends to Kafka
 
     if args.rate is not None and args.rate <= 0:
-        raise _UsageError("--rate must be positive")
+        raise UsageError("--rate must be positive")
     if args.topic and (args.predictions_topic or args.feedback_topic):
-        raise _UsageError("--topic sends every event to one topic; leave out --predictions-topic/--feedback-topic")
+        raise UsageError("--topic sends every event to one topic; leave out --predictions-topic/--feedback-topic")
     source = _source(args.files, "file")
     rejected = []
 
@@ -256,7 +251,7 @@ def _produce(args: argparse.Namespace) -> int:
                                  **kafka_settings(args))
     except RegistrationError as exc:
         source.close()
-        raise _UsageError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     with _stop_on_signals() as stop, producer:
         counts = produce_all(producer, source, kind=args.kind, topic=args.topic, rate=args.rate,
                              stop=stop.is_set, on_reject=on_reject)
@@ -315,7 +310,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="Kafka client library (confluent needs pip install 'streammon[confluent]')")
     run.add_argument("--dead-letter-topic", default="streammon-dead-letter",
                      help="Kafka topic for rejected events (default streammon-dead-letter; --dead-letter FILE overrides)")
-    run.add_argument("--kafka-option", "-X", type=_kafka_option, action="append", default=[], metavar="KEY=VALUE",
+    run.add_argument("--kafka-option", "-X", type=kafka_option, action="append", default=[], metavar="KEY=VALUE",
                      help="a setting passed to the Kafka client, e.g. security_protocol=SASL_SSL or "
                      "session_timeout_ms=10000 (repeatable; the client's own names)")
     run.add_argument("--scale-out", action="store_true", help="share the partitions with the other workers of "
@@ -365,7 +360,7 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--compression", choices=("gzip", "lz4", "zstd", "none"), default="gzip",
                          help="compression of message batches (default gzip)")
     produce.add_argument("--rate", type=float, metavar="EVENTS_PER_S", help="send at most this many events per second")
-    produce.add_argument("--kafka-option", "-X", type=_kafka_option, action="append", default=[], metavar="KEY=VALUE",
+    produce.add_argument("--kafka-option", "-X", type=kafka_option, action="append", default=[], metavar="KEY=VALUE",
                          help="a kafka-python producer setting, e.g. security_protocol=SASL_SSL (repeatable)")
     produce.set_defaults(handler=_produce)
 
@@ -384,7 +379,7 @@ def _add_metrics_security(command: argparse.ArgumentParser) -> None:
 class _StderrHandler(logging.StreamHandler):
     # Looks sys.stderr up at each record, so a redirected or captured stderr is honoured.
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter
@@ -400,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.addHandler(handler)
     try:
         return args.handler(args)
-    except (AppLoadError, _UsageError) as exc:
+    except (AppLoadError, UsageError) as exc:
         print(f"streammon {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except StreamMonError as exc:

@@ -8,25 +8,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .apps import load_app
-from .errors import RegistrationError
+from ..apps import load_app
+from ..errors import RegistrationError, UsageError
 
-__all__ = ["add_generate_commands", "UsageError"]
-
-
-class UsageError(Exception):
-    """The command cannot work as given (exit code 2)."""
+__all__ = ["add_generate_commands"]
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from .dashboards import dashboard  # imported late, like every command's own module
+    from ..dashboards import dashboard  # imported late, like every command's own module
 
     _write(json.dumps(dashboard(load_app(args.app)), indent=2) + "\n", args.output)
     return 0
 
 
 def _alerts(args: argparse.Namespace) -> int:
-    from .dashboards import alert_rules, to_yaml
+    from ..alerts import alert_rules, to_yaml
 
     monitor = load_app(args.app)
     try:

@@ -16,12 +16,12 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from .connectors.broker import EmbeddedBroker
-from .connectors.kafka import KafkaSource
-from .demo import DRIFT_AT, START, _clock, _report, build_monitor, simulate
-from .errors import EventError
-from .monitor import Monitor
-from .producer import EventProducer
+from ..connectors.broker import EmbeddedBroker
+from ..connectors.kafka import KafkaSource
+from ..connectors.producer import EventProducer
+from ..errors import EventError
+from ..monitor import Monitor
+from .local import DRIFT_AT, START, build_monitor, clock_text, report_progress, simulate
 
 __all__ = ["run_kafka_demo"]
 
@@ -86,14 +86,14 @@ def run_kafka_demo(*, seed: int = 0, rate: float = 1000.0, duration: float | Non
         monitor = build_monitor(seed=seed)
         url = monitor.serve(port, host=host).url if serve else "(not served)"
         print(f"streammon demo: taxi-tip model, seed {seed}, {rate:g} events/s through Kafka ({where}); the drift "
-              f"begins at simulated {_clock(START + DRIFT_AT)}; metrics at {url}", file=out, flush=True)
+              f"begins at simulated {clock_text(START + DRIFT_AT)}; metrics at {url}", file=out, flush=True)
         reporter = threading.Thread(target=_report_loop, args=(monitor, report_every, out, url, finished, began),
                                     name="demo-report", daemon=True)
         reporter.start()
         monitor.run(KafkaSource(bootstrap_servers, group_id="streammon-demo"), until=over, poll_timeout=0.2)
         finished.set()
         reporter.join()
-        _report(out, monitor, 0, 1.0, time.monotonic() - began, url)
+        report_progress(out, monitor, 0, 1.0, time.monotonic() - began, url)
         monitor.close()
         return monitor
     finally:
@@ -109,10 +109,9 @@ def _report_loop(monitor: Monitor, every: float, out: TextIO, url: str, finished
     while not finished.wait(every):
         now = time.monotonic()
         n = _events_read(monitor)
-        _report(out, monitor, n - last_n, now - last, now - began, url)
+        report_progress(out, monitor, n - last_n, now - last, now - began, url)
         last, last_n = now, n
 
 
 def _events_read(monitor: Monitor) -> int:
-    with monitor._lock:
-        return int(sum(monitor._engine.health.events.values()))
+    return int(sum(s.value for s in monitor.values() if s.name == "streammon_events_total"))

@@ -23,15 +23,17 @@ import random
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, TextIO
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 from river import linear_model, optim, preprocessing
 
-from . import operators as ops
-from .monitor import Monitor
-from .windows import Cumulative, Sliding
+from .. import operators as ops
+from ..monitor import Monitor
+from ..windows import Cumulative, Sliding
 
-__all__ = ["simulate", "build_monitor", "reference_scores", "run_demo", "summarize", "START", "DRIFT_AT"]
+__all__ = ["simulate", "build_monitor", "reference_scores", "run_demo", "summarize", "report_progress", "clock_text",
+           "START", "DRIFT_AT"]
 
 #: 2024-01-01T00:00:00Z. Fixed, so that a seed always gives the same events; in the past, so that
 #: the monitor's "too far in the future" check never fires in a long demo.
@@ -243,7 +245,7 @@ def run_demo(*, seed: int = 0, rate: float = 1000.0, duration: float | None = No
     per_prediction = 1 + (1 - _MISSING_FEEDBACK) * (1 + _DUPLICATE_FEEDBACK) + _DUPLICATE_PREDICTION + _MALFORMED
     drift_in = DRIFT_AT / _SECONDS_PER_PREDICTION * per_prediction / rate
     print(f"streammon demo: taxi-tip model, seed {seed}, {rate:g} events/s; the drift begins at simulated "
-          f"{_clock(START + DRIFT_AT)}, about {drift_in:.0f} s in; metrics at {url}", file=out, flush=True)
+          f"{clock_text(START + DRIFT_AT)}, about {drift_in:.0f} s in; metrics at {url}", file=out, flush=True)
     began = last_report = time.monotonic()
     sent = reported = 0
     try:
@@ -257,24 +259,26 @@ def run_demo(*, seed: int = 0, rate: float = 1000.0, duration: float | None = No
                 monitor.replay(batch)
                 sent += len(batch)
             if now - last_report >= report_every:
-                _report(out, monitor, sent - reported, now - last_report, now - began, url)
+                report_progress(out, monitor, sent - reported, now - last_report, now - began, url)
                 last_report, reported = now, sent
             stop.wait(0.05)
-        _report(out, monitor, sent - reported, max(time.monotonic() - last_report, 1e-9), time.monotonic() - began, url)
+        report_progress(out, monitor, sent - reported, max(time.monotonic() - last_report, 1e-9), time.monotonic() - began, url)
     finally:
         monitor.close()
     return monitor
 
 
-def _clock(ts: float) -> str:
+def clock_text(ts: float) -> str:
+    """An event time as the demo prints it (UTC, to the minute)."""
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
 
 
-def _report(out: TextIO, monitor: Monitor, n: int, seconds: float, elapsed: float, url: str) -> None:
+def report_progress(out: TextIO, monitor: Monitor, n: int, seconds: float, elapsed: float, url: str) -> None:
+    """One progress line of the demo: events per second, stream time, and the headline metrics."""
     s = summarize(monitor)
     drift = " DRIFTED" if s["stream_time"] >= START + DRIFT_AT else ""
     fmt = lambda v: "  -  " if math.isnan(v) else f"{v:.3f}"  # noqa: E731
-    stream = _clock(s["stream_time"]) if math.isfinite(s["stream_time"]) else "-"
+    stream = clock_text(s["stream_time"]) if math.isfinite(s["stream_time"]) else "-"
     print(f"[{elapsed:5.0f}s] sim {stream}{drift} | {n / seconds:6.0f} ev/s | accuracy cumulative "
           f"{fmt(s.get('accuracy_cumulative', math.nan))} 1h {fmt(s.get('accuracy_1h', math.nan))} | coverage "
           f"{fmt(s['coverage'])} | pending {s['pending']:.0f} | rejected {s['rejected']:.0f} | {url}",

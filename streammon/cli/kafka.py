@@ -12,11 +12,12 @@ import contextlib
 import functools
 import logging
 import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
-from .cli_generate import UsageError
-from .monitor import Monitor
+from ..errors import UsageError
+from ..monitor import Monitor
 
 __all__ = ["kafka_source", "kafka_dead_letter", "kafka_option", "kafka_settings", "ENV_PREFIX"]
 
@@ -28,10 +29,11 @@ def kafka_source(args: argparse.Namespace):
     topics = (args.topics or "predictions,feedback").split(",")
     if len(topics) != 2 or not all(topics):
         raise UsageError(f"--topics takes two names, predictions then feedback (e.g. predictions,feedback); got {args.topics!r}")
+    Source: Callable[..., Any]
     if args.kafka_client == "confluent":
-        from .connectors.kafka_confluent import ConfluentKafkaSource as Source
+        from ..connectors.kafka_confluent import ConfluentKafkaSource as Source
     else:
-        from .connectors.kafka import KafkaSource as Source
+        from ..connectors.kafka import KafkaSource as Source
     options = kafka_settings(args)
     if args.scale_out:
         if not args.group or not args.state_dir:
@@ -41,7 +43,7 @@ def kafka_source(args: argparse.Namespace):
     factory = functools.partial(Source, args.bootstrap_servers, predictions_topic=topics[0], feedback_topic=topics[1],
                                 group_id=args.group or "streammon", **options)
     if args.prefetch:
-        from .connectors.prefetch import PrefetchingSource
+        from ..connectors.prefetch import PrefetchingSource
         return PrefetchingSource(factory)
     return factory()
 
@@ -127,14 +129,15 @@ _CONSUMER_ONLY = ("group.", "session.timeout.ms", "heartbeat.interval.ms", "max.
 @contextlib.contextmanager
 def kafka_dead_letter(monitor: Monitor, args: argparse.Namespace) -> Iterator[None]:
     options = kafka_settings(args)
+    DeadLetter: type[Any]
     if args.kafka_client == "confluent":
-        from .connectors.kafka_confluent import ConfluentKafkaDeadLetter as DeadLetter
+        from ..connectors.kafka_confluent import ConfluentKafkaDeadLetter as DeadLetter
         # librdkafka warns about every consumer property a producer is given; leave the group's out.
         options = {k: v for k, v in options.items() if not k.startswith(_CONSUMER_ONLY)}
     else:
         from kafka import KafkaProducer
 
-        from .connectors.kafka import KafkaDeadLetter as DeadLetter
+        from ..connectors.kafka import KafkaDeadLetter as DeadLetter
         # The same connection and security settings as the consumer; consumer-only ones stay out.
         options = {k: v for k, v in options.items() if k in KafkaProducer.DEFAULT_CONFIG}
     sink = DeadLetter(args.bootstrap_servers, topic=args.dead_letter_topic, **options)

@@ -1,0 +1,5 @@
+"""The ``streammon`` command line: ``run``, ``export``, ``replay``, ``demo``, ``produce``, ``dashboard``, ``alerts``."""
+
+from .main import main
+
+__all__ = ["main"]
