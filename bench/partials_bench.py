@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kafka_common import ROOT, realistic_monitor, the_stream
 from kafka_report import machine
 
-from streammon.partials import PartialsExporter, dump_partials, write_partials
+from streammon.scaleout import dump_partials, write_partials
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- partials:begin -->", "<!-- partials:end -->"
@@ -42,9 +42,9 @@ def measure(events: int, partitions: list[int], repeats: int) -> dict:
         directory = Path(tempfile.mkdtemp(prefix="partials-bench-"))
         engines, dumps, sizes = [], [], []
         for p, mine in enumerate(split):
-            engine = monitor._new_engine(monitor.metrics)
+            engine = monitor.pipeline.new_engine(monitor.metrics)
             for i in range(0, len(mine), 4096):
-                monitor._process_into(engine, mine[i:i + 4096])
+                monitor.pipeline.process(engine, mine[i:i + 4096])
             started = time.perf_counter()
             data = dump_partials(engine, partition=p, offsets={("predictions", p): len(mine)}, lineage="bench")
             write_partials(directory, p, data)
@@ -62,7 +62,7 @@ def measure(events: int, partitions: list[int], repeats: int) -> dict:
             return time.perf_counter() - started
 
         exporter_monitor = realistic_monitor()
-        exporter = PartialsExporter(exporter_monitor, str(directory))
+        exporter = exporter_monitor._exporting(str(directory))  # noqa: SLF001 - what Monitor.export serves from
         all_changed = [refresh(list(range(count)), 10**9 + r) for r in range(repeats)]
         one_changed = [refresh([0], 2 * 10**9 + r) for r in range(repeats)]
         started = time.perf_counter()
