@@ -14,13 +14,17 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from .errors import CheckpointError
+from .join import CommittingStore
 from .snapshot import dump_engine, load_engine
 from .state_dir import StateDirectory, remove_orphans, storage_error, write_atomically
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "SNAPSHOT_KEY"]
+
+SNAPSHOT_KEY = b"streammon.snapshot"  # where a committing store keeps the rest of the state
 
 Offsets = Mapping[tuple[str, int], int]
 
@@ -39,12 +43,32 @@ class Checkpointer:
         self.lineage: str | None = None
 
     def save(self, engine: Engine, offsets: Offsets) -> None:
-        write_atomically(self.path, dump_engine(engine, offsets, self.lineage), durable=True)
+        data = dump_engine(engine, offsets, self.lineage)
+        if isinstance(engine.store, CommittingStore):  # one atomic write: the store's changes, this, the offsets
+            engine.store.commit({SNAPSHOT_KEY: data})
+        else:
+            write_atomically(self.path, data, durable=True)
         self.last_saved = self.clock()
 
     def restore(self, engine: Engine) -> dict[tuple[str, int], int] | None:
         """Load the last snapshot into ``engine``; None when there is none yet."""
         remove_orphans(self.path)
+        if isinstance(engine.store, CommittingStore):
+            if self.path.exists():
+                raise CheckpointError(f"{self.path} is a snapshot of the in-memory join store, but this run keeps the "
+                                      f"join on disk; run with --join-store memory (join_store='memory'), or give "
+                                      f"another state directory")
+            data = engine.store.meta(SNAPSHOT_KEY)
+            if data is None:
+                return None
+            state = load_engine(engine, data)
+            self.lineage = state.get("lineage")
+            self.last_saved = self.clock()
+            return state["offsets"]
+        if self.layout.join_store(self.path.stem).exists():
+            raise CheckpointError(f"{self.layout.join_store(self.path.stem)} holds a disk-backed join store, but this "
+                                  f"run keeps the join in memory; run with --join-store disk (join_store='disk'), or "
+                                  f"give another state directory")
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:

@@ -12,11 +12,11 @@ is a duplicate too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["JoinStore", "JoinCounts", "Joined", "Pair", "DUPLICATE"]
+__all__ = ["JoinStore", "CommittingStore", "JoinCounts", "Joined", "Pair", "DUPLICATE"]
 
 # (prediction ts, feedback ts, series code, y_true, y_pred, score, id)
 Pair = tuple[float, float, int, Any, Any, Any, str]
@@ -81,3 +81,15 @@ class Joined(NamedTuple):
     y_true: list[Any]
     y_pred: list[Any]
     score: list[Any]
+
+
+@runtime_checkable
+class CommittingStore(Protocol):
+    """A store that persists itself (:class:`streammon.disk_store.DiskJoinStore`): a checkpoint writes the
+    rest of the state into the store's own atomic commit, so state and offsets move together."""
+
+    def commit(self, meta: Mapping[bytes, bytes] = ...) -> None: ...
+
+    def meta(self, key: bytes) -> bytes | None: ...
+
+    def close(self) -> None: ...

@@ -26,7 +26,7 @@ from .connectors.base import DeadLetterSink, GroupSource, Message, Source
 from .errors import RegistrationError
 from .pipeline import Pipeline
 from .registry import Tracked, register_function, register_operator
-from .runner import Runner, tuned_gc
+from .runner import Runner, SingleState, tuned_gc
 from .server import MetricsServer
 from .settings import MonitorSettings, RunOptions
 from .view import View
@@ -151,7 +151,8 @@ class Monitor:
 
     def run(self, source: Source, *, state_dir: str | None = None, checkpoint_interval: float = 5.0,
             max_records: int | None = None, poll_timeout: float = 0.5, until: Callable[[], bool] | None = None,
-            publish_interval: float = 1.0, background_checkpoints: bool = True, max_idle: float = 0.5) -> None:
+            publish_interval: float = 1.0, background_checkpoints: bool = True, max_idle: float = 0.5,
+            join_store: Literal["memory", "disk"] = "memory") -> None:
         """Consume ``source`` until it is exhausted, ``until()`` is true, or :meth:`stop` is called.
 
         A Kafka source is read aligned by event time: both topics are processed in one order that
@@ -172,7 +173,8 @@ class Monitor:
         try:
             options = RunOptions(state_dir=state_dir, checkpoint_interval=checkpoint_interval, max_records=max_records,
                                  poll_timeout=poll_timeout, until=until, publish_interval=publish_interval,
-                                 background_checkpoints=background_checkpoints, max_idle=max_idle)
+                                 background_checkpoints=background_checkpoints, max_idle=max_idle,
+                                 join_store=join_store)
         except ValidationError as exc:
             raise RegistrationError(f"Monitor.run(): {exc}") from None
         try:
@@ -186,8 +188,12 @@ class Monitor:
             else:
                 runner = Runner.single(self.pipeline, self._engine, source, options, stop=self._stop.is_set)
             self._status.source, self._status.coordinator = source, runner.coordinator
-            with tuned_gc():
-                runner.run()
+            try:
+                with tuned_gc():
+                    runner.run()
+            finally:
+                if isinstance(runner.states, SingleState):
+                    runner.states.close()
         finally:
             self._stop.clear()  # here, not on entry, so a stop() that came before run() is honoured
             self._status.source = None

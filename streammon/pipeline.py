@@ -10,6 +10,7 @@ so a scrape never reads half a batch and a slow dead-letter topic never holds up
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +20,7 @@ from .connectors.base import DeadLetterSink, FlushingDeadLetterSink, Message
 from .engine import Engine, SeriesKeys
 from .errors import EventError, StreamMonError
 from .events import EventPolicy, decode_event
+from .join import JoinStore
 from .memory_store import MemoryJoinStore
 
 if TYPE_CHECKING:
@@ -65,6 +67,14 @@ class Pipeline:
         for tracked in metrics:
             engine.add_metric(tracked)
         return engine
+
+    def disk_store(self, path: str | os.PathLike[str]) -> JoinStore:
+        """A disk-backed join store at ``path`` with the app's settings (opened as of its last commit)."""
+        from .disk_store import DiskJoinStore  # imported late: rocksdict loads RocksDB
+
+        s = self.settings
+        return DiskJoinStore(path, feedback_ttl=s.feedback_ttl, prediction_ttl=s.prediction_ttl,
+                             max_pending=s.max_pending, remember_joined=s.remember_joined)
 
     def configure(self, engine: Engine) -> None:
         """Apply the app's settings to ``engine`` after a restore: a snapshot carries the settings of its day."""

@@ -24,7 +24,8 @@ from .align import EventTimeAligner, can_align
 from .checkpoint import Checkpointer
 from .connectors.base import AlignableSource, Message, SeekableSource, Source, next_offsets
 from .engine import Engine, Health
-from .errors import CheckpointError
+from .errors import CheckpointError, RegistrationError
+from .join import CommittingStore
 from .pipeline import Pipeline
 from .settings import RunOptions
 from .snapshot import dump_engine, require_picklable
@@ -97,6 +98,12 @@ class SingleState:
     def publish(self, states: Sequence[PartitionState] | None = None) -> None:
         pass  # a single worker's own /metrics reads its engine
 
+    def close(self) -> None:
+        """Release what the state holds open (a disk-backed store's files); what it counted stays readable."""
+        store = self.state.engine.store
+        if isinstance(store, CommittingStore):
+            store.close()
+
     def restore(self, pipeline: Pipeline, source: Source) -> None:
         """Load the last checkpoint (if any) and seek the source to the offsets it reflects."""
         checkpointer = self.state.checkpointer
@@ -157,7 +164,9 @@ class CheckpointCoordinator:
         for state in pick:
             offsets.update(state.offsets)
         saved = [(s, s.checkpointer) for s in pick if s.checkpointer is not None]
-        if saved and background and self.background:
+        # A store that commits itself writes O(changes) at once; RocksDB's threads do not survive a fork.
+        forkable = not any(isinstance(s.engine.store, CommittingStore) for s, _ in saved)
+        if saved and background and self.background and forkable:
             with self.pipeline.lock:  # held across the fork, so no scrape is half-way through the state
                 jobs: list[tuple[Path, Callable[[], bytes]]] = [
                     (c.path, functools.partial(dump_engine, s.engine, dict(s.offsets), c.lineage)) for s, c in saved]
@@ -211,8 +220,21 @@ class Runner:
     def single(cls, pipeline: Pipeline, engine: Engine, source: Source, options: RunOptions, *,
                stop: Callable[[], bool]) -> Runner:
         """A worker reading every partition into ``engine``, resumed from ``options.state_dir``'s snapshot if any."""
-        states = SingleState(engine, Checkpointer(options.state_dir) if options.state_dir else None)
-        states.restore(pipeline, source)
+        checkpointer = Checkpointer(options.state_dir) if options.state_dir else None
+        if options.join_store == "disk":
+            if checkpointer is None:
+                raise RegistrationError("join_store='disk' keeps the join in the state directory: give state_dir= "
+                                        "(--state-dir DIR), or use join_store='memory'")
+            if engine.stream_time > float("-inf"):
+                raise RegistrationError("join_store='disk' needs a monitor that has not processed events yet")
+            checkpointer.layout.require_single()
+            engine.store = pipeline.disk_store(checkpointer.layout.join_store())
+        states = SingleState(engine, checkpointer)
+        try:
+            states.restore(pipeline, source)
+        except BaseException:
+            states.close()
+            raise
         coordinator = CheckpointCoordinator(pipeline, source, states, interval=options.checkpoint_interval,
                                             background=options.background_checkpoints)
         checkpointer = states.state.checkpointer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -46,3 +46,4 @@ class RunOptions(BaseModel):
     publish_interval: float = Field(1.0, ge=0)
     background_checkpoints: bool = True
     max_idle: float = Field(0.5, ge=0)
+    join_store: Literal["memory", "disk"] = "memory"

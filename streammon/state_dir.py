@@ -64,7 +64,9 @@ class StateDirectory:
 
     A single worker keeps ``snapshot.pkl``. A scaled-out group keeps, per partition number ``i``,
     ``partition-<i>.pkl`` (its checkpoint) and ``partials-<i>.pkl`` (its partial aggregates, read by
-    the exporter). The two layouts never share a directory. Every file is replaced by rename
+    the exporter). The two layouts never share a directory. With the disk-backed join store
+    (``--join-store disk``) a single worker keeps ``snapshot.join/`` instead of ``snapshot.pkl``: a
+    RocksDB directory whose commits hold the join, the rest of the state and the offsets. Every file is replaced by rename
     (:func:`write_atomically`); its temporary is ``<file>.<pid>.tmp``.
     """
 
@@ -75,6 +77,10 @@ class StateDirectory:
 
     def snapshot(self, name: str = SINGLE) -> Path:
         return self.path / f"{name}.pkl"
+
+    def join_store(self, name: str = SINGLE) -> Path:
+        """The directory of a disk-backed join store (RocksDB), next to where its snapshot would be."""
+        return self.path / f"{name}.join"
 
     @staticmethod
     def partition_name(number: int) -> str:

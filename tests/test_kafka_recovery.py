@@ -118,14 +118,16 @@ def test_sigkill_at_twenty_moments_loses_and_doubles_nothing(broker, tmp_path):
     assert_equals_oracle(got, events)
 
 
-def test_sigkill_twenty_times_through_a_backlog_with_default_ttls(broker, tmp_path):
+@pytest.mark.parametrize("join_store", ["memory", "disk"])
+def test_sigkill_twenty_times_through_a_backlog_with_default_ttls(broker, tmp_path, join_store):
     """Everything is in Kafka before the worker starts (the case after any outage), feedback first; the worker
-    is killed 20 times while it works through it. Default TTLs: exact only if the topics are read aligned."""
+    is killed 20 times while it works through it. Default TTLs: exact only if the topics are read aligned. On
+    the disk store a kill lands between (or during) its commits: it must go back to the last one."""
     from tests.kafka_oracle import aligned, partition_of
     from tests.test_kafka_order import with_features
 
     events = with_features(make_events(30_000, seed=5, spacing=0.5))  # 4 hours of event time
-    topics = {"predictions": "backlog-p", "feedback": "backlog-f"}
+    topics = {"predictions": f"backlog-p-{join_store}", "feedback": f"backlog-f-{join_store}"}
     create_topics(broker, topics.values(), PARTITIONS)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, compression_type="gzip", linger_ms=20)
     for topic, key, value in sorted(events, key=lambda e: e[0] != "feedback"):  # stable: each topic in order
@@ -133,7 +135,8 @@ def test_sigkill_twenty_times_through_a_backlog_with_default_ttls(broker, tmp_pa
     producer.flush()
     producer.close()
     port = free_port()
-    args = ["--topics", "backlog-p,backlog-f", "--group", "backlog-test"]
+    args = ["--topics", f"{topics['predictions']},{topics['feedback']}", "--group", f"backlog-{join_store}",
+            "--join-store", join_store]
 
     def start(*extra):
         return start_worker(broker, tmp_path, port, *args, *extra, app="tests/kafka_app.py:default_ttls")

@@ -135,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with _stop_on_signals() as stop, _dead_letter(monitor, args.dead_letter), dead_letter:
             monitor.run(source, until=stop.is_set, state_dir=args.state_dir, checkpoint_interval=args.checkpoint_interval,
-                        publish_interval=args.publish_interval, max_idle=args.max_idle)
+                        publish_interval=args.publish_interval, max_idle=args.max_idle, join_store=args.join_store)
             print(_health(monitor), file=sys.stderr, flush=True)
             if args.source and not args.exit_when_done and not stop.is_set():
                 print(f"input done; serving {server.url} until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
@@ -322,6 +322,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-idle", type=float, default=0.5, metavar="SECONDS",
                      help="Kafka: how long an empty partition at the end of its log holds the others back, so both "
                      "topics are processed in event-time order (default 0.5; see docs/kafka.md, Input order)")
+    run.add_argument("--join-store", choices=["memory", "disk"], default="memory",
+                     help="with --state-dir: keep the join in memory, snapshotted whole (default), or on disk in "
+                     "RocksDB, committed in O(changes) (single worker; see docs/kafka.md, Checkpoints)")
     _add_metrics_security(run)
     run.set_defaults(handler=_run)
 

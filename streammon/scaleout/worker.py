@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..align import EventTimeAligner
 from ..checkpoint import Checkpointer
 from ..engine import Health
-from ..errors import CheckpointError, SourceError
+from ..errors import CheckpointError, RegistrationError, SourceError
 from ..pipeline import Pipeline
 from ..runner import CheckpointCoordinator, PartitionState, Runner, aligner_for
 from ..settings import RunOptions
@@ -147,6 +147,9 @@ def scaled_out_runner(pipeline: Pipeline, metrics: Sequence[Tracked], source: An
     if not options.state_dir:
         raise CheckpointError("a scaled-out worker needs a state directory shared by the group (--state-dir): "
                               "partitions move between workers with their checkpoints")
+    if options.join_store == "disk":
+        raise RegistrationError("a scaled-out worker keeps each partition's join in memory for now: run it with "
+                                "--join-store memory, or run a single worker with --join-store disk")
     require_mergeable(list(metrics))
     require_picklable(pipeline.new_engine(metrics))
     worker = PartitionWorker(pipeline, metrics, source, options.state_dir, aligner=aligner_for(source, options.max_idle))

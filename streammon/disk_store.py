@@ -1,0 +1,432 @@
+"""A disk-backed join store: RocksDB (through ``rocksdict``) per state, durable in O(changes).
+
+The same :class:`~streammon.join.JoinStore` semantics as :class:`~streammon.memory_store.MemoryJoinStore`
+(the oracle tests run on both), with state on disk and memory bounded by RocksDB's block cache plus
+the changes since the last commit. Layout, one column family each, keys are bytes:
+
+- ``pred``: id hash (16 bytes) -> a pending prediction or a joined id kept to catch duplicate feedback
+- ``pred_time``: event time (8 bytes, order-preserving) + id hash: expiry reads only what expired
+- ``pred_seq``: arrival number (8 bytes) + id hash: eviction past ``max_pending`` takes the oldest
+- ``early``, ``early_time``, ``early_seq``: the same for feedback waiting for its prediction
+- ``meta``: counters, and whatever the caller commits with them (the engine's snapshot, offsets)
+
+Ids are kept as 128-bit BLAKE2b hashes: two of 7e8 live ids collide with probability about 1e-21.
+Changes are held in memory (an overlay) and written in one atomic, synced write batch by
+:meth:`DiskJoinStore.commit`, together with the caller's metadata: after a crash the store is
+exactly as of the last commit, with the offsets that reflect it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import os
+import struct
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .errors import CheckpointError
+from .join import DUPLICATE, JoinCounts, Joined, Pair
+from .state_dir import storage_error
+
+__all__ = ["DiskJoinStore", "CACHE_BYTES"]
+
+CACHE_BYTES = 256 << 20  # RocksDB block cache per store
+_PENDING, _JOINED = 1, 2
+_FORMAT = 1
+_META_COUNTERS = b"streammon.counters"
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+_pack_d, _pack_q = struct.Struct(">d").pack, struct.Struct(">Q").pack
+_SIGN = 1 << 63
+
+
+def id_hash(id: str) -> bytes:
+    return hashlib.blake2b(id.encode(), digest_size=16).digest()
+
+
+def time_key(ts: float) -> bytes:
+    """8 bytes whose byte order is the order of the floats (negatives flipped, positives' sign bit set)."""
+    (bits,) = struct.unpack(">Q", _pack_d(ts))
+    return _pack_q(bits ^ 0xFFFFFFFFFFFFFFFF if bits & _SIGN else bits | _SIGN)
+
+
+def _as_stored(score: Any) -> Any:
+    if score is None or isinstance(score, dict):
+        return score
+    score = float(score)
+    return None if score != score else score
+
+
+class _Table:
+    """One keyed table with a time index (expiry) and an arrival index (eviction), changes held until commit.
+
+    A record is a list ``[ts, seq, *payload]``. ``get`` sees the changes since the last commit first.
+    """
+
+    def __init__(self, db: Any, name: str, opts: Any) -> None:
+        self.main = _column(db, name, opts)
+        self.by_time = _column(db, name + "_time", opts)
+        self.by_seq = _column(db, name + "_seq", opts)
+        self.handles = [db.get_column_family_handle(n) for n in (name, name + "_time", name + "_seq")]
+        self.overlay: dict[bytes, list | None] = {}  # id hash -> record, or None once deleted
+        self.stale: list[tuple[bytes, bytes]] = []  # (time key, seq key) of records deleted since the commit
+        self.heap: list[tuple[float, int, bytes]] = []  # (ts, seq, hash) of records created since the commit
+        self.arrivals: deque[tuple[int, bytes]] = deque()  # (seq, hash) created since the commit, in order
+        self.time_floor = b""  # time keys below it in the store were handled (deleted at the next commit)
+        self.seq_floor = b""
+        self.count = 0
+        self.next_seq = 0
+        self.committed_seq = 0  # records numbered from here on were created since the last commit
+
+    def prefetch(self, hashes: list[bytes]) -> dict[bytes, list | None]:
+        missing = [h for h in hashes if h not in self.overlay]
+        if not missing:
+            return {}
+        return {h: None if raw is None else _decode(raw) for h, raw in zip(missing, self.main.get(missing))}
+
+    def get(self, h: bytes, fetched: Mapping[bytes, list | None]) -> list | None:
+        if h in self.overlay:
+            return self.overlay[h]
+        if h in fetched:
+            return fetched[h]
+        raw = self.main.get(h)
+        return None if raw is None else _decode(raw)
+
+    def put_new(self, h: bytes, ts: float, payload: list) -> list:
+        seq = self.next_seq
+        self.next_seq += 1
+        record = [ts, seq, *payload]
+        self.overlay[h] = record
+        heapq.heappush(self.heap, (ts, seq, h))
+        self.arrivals.append((seq, h))
+        self.count += 1
+        return record
+
+    def update(self, h: bytes, record: list) -> None:
+        self.overlay[h] = record
+
+    def delete(self, h: bytes, record: list) -> None:
+        self.overlay[h] = None
+        self.stale.append((time_key(record[0]) + h, _pack_q(record[1]) + h))
+        self.count -= 1
+
+    def expired(self, horizon: float, fetched: Mapping[bytes, list | None]) -> Iterator[tuple[bytes, list]]:
+        """Every live record with ts < ``horizon`` (the caller deletes each), oldest first: O(expired)."""
+        bound = time_key(horizon)
+        it = self.by_time.iter()
+        it.seek(self.time_floor)
+        while it.valid():
+            key = it.key()
+            if key >= bound:
+                break
+            self.time_floor = key + b"\x00"
+            h = key[8:]
+            record = self.get(h, fetched)
+            # A record created since the commit is the heap's, even if it has this time and id.
+            if record is not None and record[1] < self.committed_seq and time_key(record[0]) == key[:8]:
+                yield h, record
+            it.next()
+        heap = self.heap
+        while heap and heap[0][0] < horizon:
+            _, seq, h = heapq.heappop(heap)
+            record = self.overlay.get(h)
+            if record is not None and record[1] == seq:
+                yield h, record
+
+    def oldest(self, fetched: Mapping[bytes, list | None]) -> tuple[bytes, list] | None:
+        """The live record that arrived first."""
+        it = self.by_seq.iter()
+        it.seek(self.seq_floor)
+        while it.valid():
+            key = it.key()
+            self.seq_floor = key + b"\x00"
+            h = key[8:]
+            record = self.get(h, fetched)
+            if record is not None and _pack_q(record[1]) == key[:8]:
+                return h, record
+            it.next()
+        while self.arrivals:
+            seq, h = self.arrivals.popleft()
+            record = self.overlay.get(h)
+            if record is not None and record[1] == seq:
+                return h, record
+        return None
+
+    def write(self, batch: Any) -> None:
+        main, by_time, by_seq = self.handles
+        for time_k, seq_k in self.stale:
+            batch.delete(time_k, by_time)
+            batch.delete(seq_k, by_seq)
+        for h, record in self.overlay.items():
+            if record is None:
+                batch.delete(h, main)
+            else:
+                batch.put(h, _encode(record), main)
+                batch.put(time_key(record[0]) + h, b"", by_time)
+                batch.put(_pack_q(record[1]) + h, b"", by_seq)
+
+    def committed(self) -> None:
+        self.committed_seq = self.next_seq
+        self.overlay.clear()
+        self.stale.clear()
+        self.arrivals.clear()
+        # Records created since the last commit are in the time index now, except those below the
+        # floor, which an expiry sweep of the store would no longer reach: they stay in the heap.
+        floor = self.time_floor
+        self.heap = [e for e in self.heap if time_key(e[0]) + e[2] < floor]
+        heapq.heapify(self.heap)
+
+
+def _column(db: Any, name: str, opts: Any) -> Any:
+    try:
+        return db.get_column_family(name)
+    except Exception:  # noqa: BLE001 - rocksdict raises a bare exception for a missing column family
+        return db.create_column_family(name, opts)
+
+
+class DiskJoinStore:
+    """The join's state in RocksDB at ``path``, durable at each :meth:`commit` (see the module docstring).
+
+    ``cache_bytes`` bounds the block cache; what else it holds in memory is the changes since the
+    last commit. Settings as :class:`~streammon.memory_store.MemoryJoinStore`'s.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, feedback_ttl: float, prediction_ttl: float,
+                 max_pending: int = 10_000_000, remember_joined: bool = True, cache_bytes: int = CACHE_BYTES) -> None:
+        from rocksdict import BlockBasedOptions, Cache, Options, Rdict
+
+        self.path = Path(path)
+        self.feedback_ttl, self.prediction_ttl = feedback_ttl, prediction_ttl
+        self.max_pending, self.remember_joined = max_pending, remember_joined
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        table = BlockBasedOptions()
+        table.set_block_cache(Cache(cache_bytes))
+        table.set_bloom_filter(10, False)
+        opts.set_block_based_table_factory(table)
+        try:
+            self.db = Rdict(str(self.path), opts)
+        except Exception as exc:
+            raise CheckpointError(f"cannot open the join store at {self.path}: {exc}; check the state directory, "
+                                  f"or move it away to start afresh") from exc
+        self._pred = _Table(self.db, "pred", opts)
+        self._early = _Table(self.db, "early", opts)
+        self._meta = _column(self.db, "meta", opts)
+        self._meta_handle = self.db.get_column_family_handle("meta")
+        self._fetched: tuple[dict, dict] = ({}, {})  # the store's records read for the batch in progress
+        self._closed_early: int | None = None
+        self.counts = JoinCounts()
+        self._pending = 0
+        self._load_counters()
+
+    # -- persistence ------------------------------------------------------------------------
+    def _load_counters(self) -> None:
+        raw = self._meta.get(_META_COUNTERS)
+        if raw is None:
+            return
+        saved = _decode(raw)
+        if saved.get("format") != _FORMAT:
+            raise CheckpointError(f"the join store at {self.path} has format {saved.get('format')}, not {_FORMAT}; "
+                                  f"move the state directory away to start afresh")
+        self.counts = JoinCounts(**saved["counts"])
+        self._pending = saved["pending"]
+        for table, name in ((self._pred, "pred"), (self._early, "early")):
+            table.count, table.next_seq = saved[name]
+            table.committed_seq = table.next_seq
+
+    def commit(self, meta: Mapping[bytes, bytes] = {}) -> None:
+        """Write every change since the last commit and ``meta`` in one atomic, synced write batch."""
+        from rocksdict import WriteBatch, WriteOptions
+
+        batch = WriteBatch(raw_mode=True)
+        self._pred.write(batch)
+        self._early.write(batch)
+        counters = {"format": _FORMAT, "counts": vars(self.counts),
+                    "pending": self._pending, "pred": [self._pred.count, self._pred.next_seq],
+                    "early": [self._early.count, self._early.next_seq]}
+        batch.put(_META_COUNTERS, _encode(counters), self._meta_handle)
+        for key, value in meta.items():
+            batch.put(key, value, self._meta_handle)
+        options = WriteOptions()
+        options.sync = True
+        try:
+            self.db.write(batch, options)
+        except Exception as exc:
+            raise storage_error("write the join store", self.path, OSError(str(exc))) from exc
+        self._pred.committed()
+        self._early.committed()
+        self._fetched = ({}, {})  # read before the commit: the store has moved on
+
+    def meta(self, key: bytes) -> bytes | None:
+        """What the last :meth:`commit` wrote under ``key``."""
+        return self._meta.get(key)
+
+    def close(self) -> None:
+        """Release the files; the counters stay readable (a stopped worker's /metrics still shows them)."""
+        if self._closed_early is not None:
+            return
+        self._closed_early = self._early.count
+        # The column families' handles keep RocksDB (and its lock) open until they are gone too.
+        del self._pred, self._early, self._meta, self._meta_handle
+        self.db.close()
+
+    # -- the JoinStore protocol ---------------------------------------------------------------
+    def configure(self, *, feedback_ttl: float, prediction_ttl: float, max_pending: int) -> None:
+        self.feedback_ttl, self.prediction_ttl, self.max_pending = feedback_ttl, prediction_ttl, max_pending
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"disk_store": str(self.path)}  # the data is in the store itself, committed with the snapshot
+
+    def restore(self, saved: Any) -> None:
+        pass  # opened at its path: it is already as of its last commit
+
+    @property
+    def pending_predictions(self) -> int:
+        return self._pending
+
+    @property
+    def pending_feedback(self) -> int:
+        return self._early.count if self._closed_early is None else self._closed_early
+
+    def add_prediction(self, id: str, ts: float, code: int, prediction: Any, score: Any, now: float) -> Pair | str | None:
+        return self._one(self.join([True], [id], [ts], [code], [prediction], [score], [now]), id)
+
+    def add_feedback(self, id: str, ts: float, label: Any, now: float) -> Pair | str | None:
+        return self._one(self.join([False], [id], [ts], [0], [label], [None], [now]), id)
+
+    @staticmethod
+    def _one(got: Joined, id: str) -> Pair | str | None:
+        if not got.accepted[0]:
+            return DUPLICATE
+        if got.at:
+            return (got.pred_ts[0], got.fb_ts[0], got.code[0], got.y_true[0], got.y_pred[0], got.score[0], id)
+        return None
+
+    def join(self, is_prediction: Sequence[bool], ids: Sequence[str], times: Sequence[float], codes: Sequence[int],
+             values: Sequence[Any], scores: Sequence[Any], nows: Sequence[float]) -> Joined:
+        """As :meth:`MemoryJoinStore.join`: the batch's events in order, the store read once per batch."""
+        out = Joined([], [], [], [], [], [], [], [])
+        accepted, at, pred_ts, fb_ts, pair_code, y_true, y_pred, pair_score = out
+        hashes = [id_hash(i) for i in ids]
+        pred, early = self._pred, self._early
+        fetched_pred = pred.prefetch(hashes)
+        fetched_early = early.prefetch(hashes) if early.count else {}
+        self._fetched = (fetched_pred, fetched_early)
+        counts = self.counts
+        fttl, pttl, remember = self.feedback_ttl, self.prediction_ttl, self.remember_joined
+        for i, is_pred in enumerate(is_prediction):
+            h, ts, now = hashes[i], times[i], nows[i]
+            record = pred.get(h, fetched_pred)
+            if is_pred:
+                if record is not None:
+                    if record[0] >= now - fttl:
+                        counts.duplicate_predictions += 1
+                        accepted.append(False)
+                        continue
+                    self._expire_prediction(h, record)
+                accepted.append(True)
+                fb = early.get(h, fetched_early) if early.count else None
+                if fb is not None:
+                    early.delete(h, fb)
+                    if fb[0] >= now - pttl:
+                        counts.joined += 1
+                        if remember:
+                            self._ensure_capacity(now)
+                            pred.put_new(h, ts, [codes[i], _JOINED, None, None])
+                        at.append(i)
+                        pred_ts.append(ts)
+                        fb_ts.append(fb[0])
+                        pair_code.append(codes[i])
+                        y_true.append(fb[2])
+                        y_pred.append(values[i])
+                        pair_score.append(scores[i])
+                        continue
+                    counts.expired_feedback += 1
+                self._ensure_capacity(now)
+                pred.put_new(h, ts, [codes[i], _PENDING, _as_stored(scores[i]), values[i]])
+                self._pending += 1
+                continue
+            if record is not None:
+                if record[0] < now - fttl:
+                    self._expire_prediction(h, record)
+                elif record[3] == _JOINED:
+                    counts.duplicate_feedback += 1
+                    accepted.append(False)
+                    continue
+                else:
+                    accepted.append(True)
+                    counts.joined += 1
+                    self._pending -= 1
+                    at.append(i)
+                    pred_ts.append(record[0])
+                    fb_ts.append(ts)
+                    y_true.append(values[i])
+                    pair_code.append(record[2])
+                    y_pred.append(record[5])
+                    pair_score.append(record[4])
+                    if remember:
+                        pred.update(h, [record[0], record[1], record[2], _JOINED, None, None])
+                    else:
+                        pred.delete(h, record)
+                    continue
+            accepted.append(self._wait_early(h, ts, values[i], now, fetched_early))
+        return out
+
+    def _ensure_capacity(self, now: float) -> None:
+        # Timed-out entries leave before a live one is evicted, as in the memory store.
+        if self._pred.count >= self.max_pending:
+            self._expire_predictions(now)
+            if self._pred.count >= self.max_pending:
+                oldest = self._pred.oldest(self._fetched[0])
+                if oldest is not None:
+                    h, record = oldest
+                    if record[3] == _PENDING:
+                        self.counts.evicted_predictions += 1
+                        self._pending -= 1
+                    self._pred.delete(h, record)
+
+    def _wait_early(self, h: bytes, ts: float, label: Any, now: float, fetched: Mapping[bytes, list | None]) -> bool:
+        early = self._early
+        waiting = early.get(h, fetched)
+        if waiting is not None:
+            if waiting[0] >= now - self.prediction_ttl:
+                self.counts.duplicate_feedback += 1
+                return False
+            early.delete(h, waiting)
+            self.counts.expired_feedback += 1
+        if early.count >= self.max_pending:
+            self._expire_feedback(now)
+            if early.count >= self.max_pending:
+                oldest = early.oldest(fetched)
+                if oldest is not None:
+                    early.delete(*oldest)
+                    self.counts.evicted_feedback += 1
+        early.put_new(h, ts, [label])
+        return True
+
+    def _expire_prediction(self, h: bytes, record: list) -> None:
+        if record[3] == _PENDING:
+            self.counts.expired_predictions += 1
+            self._pending -= 1
+        self._pred.delete(h, record)
+
+    def expire(self, now: float) -> None:
+        self._expire_predictions(now)
+        self._expire_feedback(now)
+
+    def _expire_predictions(self, now: float) -> None:
+        fetched = self._fetched[0]
+        for h, record in list(self._pred.expired(now - self.feedback_ttl, fetched)):
+            self._expire_prediction(h, record)
+
+    def _expire_feedback(self, now: float) -> None:
+        fetched = self._fetched[1]
+        gone = list(self._early.expired(now - self.prediction_ttl, fetched))
+        for h, record in gone:
+            self._early.delete(h, record)
+        self.counts.expired_feedback += len(gone)

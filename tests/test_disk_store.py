@@ -1,0 +1,172 @@
+"""The disk-backed join store answers exactly as the in-memory one (itself checked against a dict model in
+test_join.py and by the engine's oracle tests), batch by batch, through commits, reopenings and crashes:
+after a crash it is as of its last commit, like the in-memory store restored from the same checkpoint."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import pickle
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import streammon as sm
+from streammon import operators as ops
+from streammon.connectors import MemorySource
+from streammon.disk_store import DiskJoinStore, time_key
+from streammon.memory_store import MemoryJoinStore
+
+pytestmark = pytest.mark.slow
+
+values = st.sampled_from([0, 1, True, False, "cat", 2.5, -1])
+scores = st.one_of(st.none(), st.floats(0, 1), st.just(math.nan), st.just(1), st.just({"cat": 0.7, "dog": 0.3}))
+events = st.lists(st.tuples(st.booleans(), st.integers(0, 40), st.floats(0, 300), st.integers(0, 3), values, scores),
+                  max_size=250)
+# After each batch: 0 nothing, 1 commit, 2 commit and reopen, 3 crash (reopen without committing)
+steps = st.lists(st.tuples(st.integers(1, 30), st.sampled_from([0, 0, 0, 1, 2, 3])), min_size=1, max_size=40)
+store_settings = st.fixed_dictionaries({
+    "feedback_ttl": st.sampled_from([5.0, 40.0, 1e9]), "prediction_ttl": st.sampled_from([3.0, 25.0, 1e9]),
+    "max_pending": st.sampled_from([4, 30, 10**7]), "remember_joined": st.booleans()})
+
+
+def comparable(joined) -> list[tuple]:
+    return [tuple(None if isinstance(x, float) and math.isnan(x) else x for x in row) for row in zip(*joined)]
+
+
+def state(store) -> tuple:
+    return vars(store.counts), store.pending_predictions, store.pending_feedback
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(evs=events, plan=steps, kw=store_settings)
+def test_the_disk_store_answers_as_the_memory_store_through_commits_and_crashes(evs, plan, kw, tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "join"
+    memory, disk = MemoryJoinStore(**kw), DiskJoinStore(path, **kw)
+    committed = pickle.dumps(memory)  # the memory store as of the disk store's last commit
+    now, i = -math.inf, 0
+    try:
+        for size, action in plan:
+            batch = evs[i:i + size]
+            i += size
+            if not batch:
+                break
+            nows = []
+            for e in batch:
+                now = max(now, e[2])
+                nows.append(now)
+            args = ([e[0] for e in batch], [f"id{e[1]}" for e in batch], [e[2] for e in batch], [e[3] for e in batch],
+                    [e[4] for e in batch], [e[5] for e in batch], nows)
+            assert comparable(disk.join(*args)) == comparable(memory.join(*args))
+            memory.expire(now)
+            disk.expire(now)
+            assert state(disk) == state(memory)
+            if action in (1, 2):
+                disk.commit()
+                committed = pickle.dumps(memory)
+            if action in (2, 3):  # a crash loses what was not committed: both go back to the last commit
+                disk.close()
+                disk = DiskJoinStore(path, **kw)
+                memory = pickle.loads(committed)
+                assert state(disk) == state(memory)
+    finally:
+        disk.close()
+
+
+def test_time_keys_sort_as_the_times():
+    times = [-1e300, -5.5, -1.0, -0.0, 0.0, 1e-300, 1.0, 3.25, 1.7e9, 1e300]
+    assert sorted(times, key=time_key) == times
+    assert all(time_key(t) < time_key(u) for t, u in itertools.pairwise(times))
+
+
+def build(**kw) -> sm.Monitor:
+    monitor = sm.Monitor("disk", windows=[sm.Cumulative(), sm.Sliding("100s", step="10s")], segments=["version"],
+                         feedback_ttl=200, prediction_ttl=50, batch_size=50, max_future_seconds=1e12, **kw)
+    monitor.track(ops.Accuracy())
+    monitor.track(ops.Count(of="prediction"), name="n")
+    return monitor
+
+
+def stream(n: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        ts = 1000.0 + i
+        out.append({"id": f"p{i}", "ts": ts, "prediction": i % 2, "segment": {"version": f"v{i % 3}"}})
+        if i % 4:
+            out.append({"id": f"p{i - 3}", "ts": ts + 1, "label": (i // 3) % 2})
+        if i % 17 == 0:
+            out.append({"id": f"p{i}", "ts": ts, "prediction": 1})  # a duplicate
+    return out
+
+
+def published(monitor: sm.Monitor) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in monitor.values()
+            if s.name not in ("streammon_processing_seconds_bucket", "streammon_processing_seconds_sum",
+                              "streammon_processing_seconds_count", "streammon_checkpoint_age_seconds")}
+
+
+def same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], nan_ok=True), key
+
+
+def test_a_worker_on_the_disk_store_stopped_anywhere_publishes_what_one_uninterrupted_run_does(tmp_path):
+    events = stream(900)
+    reference = build()
+    reference.replay(events)
+    for stop_after in (120, 400, 700):
+        seen = {"n": 0}
+
+        def until(stop_after=stop_after, seen=seen) -> bool:
+            return seen["n"] >= stop_after
+
+        first = build()
+        original = first.pipeline.process
+
+        def counting(engine, batch, original=original, seen=seen):
+            seen["n"] += len(batch)
+            original(engine, batch)
+        first.pipeline.process = counting
+        first.run(MemorySource(events), state_dir=str(tmp_path / str(stop_after)), until=until, join_store="disk",
+                  max_records=50)
+        second = build()
+        second.run(MemorySource(events), state_dir=str(tmp_path / str(stop_after)), join_store="disk", max_records=50)
+        same(published(second), published(reference))
+
+
+def test_a_crash_between_commits_reads_the_uncommitted_events_again(tmp_path):
+    events = stream(600)
+    reference = build()
+    reference.replay(events)
+    crashed = build()
+    original = crashed.pipeline.process
+    calls = {"n": 0}
+
+    class Crash(Exception):
+        pass
+
+    def process(engine, batch):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise Crash
+        original(engine, batch)
+    crashed.pipeline.process = process
+    with pytest.raises(Crash):
+        crashed.run(MemorySource(events), state_dir=str(tmp_path), checkpoint_interval=0.0, join_store="disk",
+                    max_records=50)
+    restarted = build()
+    restarted.run(MemorySource(events), state_dir=str(tmp_path), join_store="disk", max_records=50)
+    same(published(restarted), published(reference))
+
+
+def test_the_two_stores_refuse_each_others_state_directory(tmp_path):
+    from streammon.errors import CheckpointError
+
+    build().run(MemorySource(stream(50)), state_dir=str(tmp_path / "memory"))
+    with pytest.raises(CheckpointError, match="--join-store memory"):
+        build().run(MemorySource(stream(50)), state_dir=str(tmp_path / "memory"), join_store="disk")
+    build().run(MemorySource(stream(50)), state_dir=str(tmp_path / "disk"), join_store="disk")
+    with pytest.raises(CheckpointError, match="--join-store disk"):
+        build().run(MemorySource(stream(50)), state_dir=str(tmp_path / "disk"))
