@@ -119,7 +119,7 @@ def _yaml_lines(value: Any, indent: int) -> Iterator[str]:
     pad = " " * indent
     if isinstance(value, dict) and value:
         for k, v in value.items():
-            key = k if isinstance(k, str) and _PLAIN_KEY.match(k) and k.lower() not in _YAML_WORDS else _quote(str(k))
+            key = k if isinstance(k, str) and _PLAIN_KEY.fullmatch(k) and k.lower() not in _YAML_WORDS else _quote(str(k))
             if isinstance(v, (dict, list)) and v:
                 yield f"{pad}{key}:"
                 yield from _yaml_lines(v, indent + 2)

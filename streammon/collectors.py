@@ -88,6 +88,11 @@ class MetricsCollector:
                             values.add_metric(labels + [str(key)], _number(v))
             yield values
             yield counts
+        start = GaugeMetricFamily(PREFIX + "metric_start_time_seconds", "When a metric added to an app with saved "
+                                  "state started counting (empty, at the restored offsets)", labels=["monitor", "metric"])
+        for metric, seconds in sorted(view.metric_start.items()):
+            start.add_metric([self.name, metric], seconds)
+        yield start
 
 
 def _value(view: View, name: str, window: str, op: Any, count: int) -> Any:

@@ -205,6 +205,8 @@ class Engine:
         # aligned input order (streammon.align) resumes after a restart.
         self.input_marks: dict[tuple[str, int], float] = {}
         self.metrics: list[tuple[Tracked, list[WindowState]]] = []
+        # Metric -> wall time it started counting, for metrics added to an app whose state was saved before.
+        self.metric_start: dict[str, float] = {}
         self._logged_errors: set[str] = set()
 
     def add_metric(self, tracked: Tracked) -> None:

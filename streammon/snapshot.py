@@ -9,7 +9,9 @@ metrics refuses a snapshot written by a different app.
 from __future__ import annotations
 
 import io
+import logging
 import pickle
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,8 @@ from .operators.base import fresh_copy
 
 if TYPE_CHECKING:
     from .engine import Engine
+
+log = logging.getLogger("streammon")
 
 __all__ = ["dump_engine", "load_engine", "dumps", "loads", "signature", "require_picklable", "FORMAT"]
 
@@ -51,7 +55,7 @@ class _Unpickler(pickle.Unpickler):
         self._functions = functions
 
     def persistent_load(self, pid: str) -> Any:
-        return self._functions[pid]
+        return self._functions.get(pid)  # None: a metric no longer in the app, whose state is dropped
 
 
 def signature(engine: Engine) -> list[tuple]:
@@ -78,13 +82,14 @@ def require_picklable(engine: Engine) -> None:
             ) from None
 
 
-def loads(data: bytes, engine: Engine) -> dict[str, Any]:
-    """Unpickle what :func:`dumps` wrote, re-attaching the app's functions; check format and signature."""
+def loads(data: bytes, engine: Engine, *, strict: bool = True) -> dict[str, Any]:
+    """Unpickle what :func:`dumps` wrote, re-attaching the app's functions; check the format, and with
+    ``strict`` that the app's metrics are exactly the snapshot's (partials must merge one for one)."""
     functions = {tracked.name: tracked.prototype.fn for tracked, _ in engine.metrics if getattr(tracked.prototype, "fn", None) is not None}
     state = _Unpickler(io.BytesIO(data), functions).load()
     if state.get("format") != FORMAT:
         raise CheckpointError(f"snapshot format {state.get('format')} is not {FORMAT}; move the state directory away to start afresh")
-    if state["signature"] != signature(engine):
+    if strict and state["signature"] != signature(engine):
         raise CheckpointError(
             "the app's metrics differ from the ones in the snapshot (a metric, window or segment was added, removed "
             "or changed); keep the app as it was, or move the state directory away to start afresh"
@@ -105,19 +110,65 @@ def dump_engine(engine: Engine, offsets: Offsets, lineage: str | None = None) ->
         "stream_time": engine.stream_time,
         "input_marks": dict(engine.input_marks),
         "windows": {t.name: [s.state() for s in states] for t, states in engine.metrics},
+        "metric_start": dict(engine.metric_start),
     }
     return dumps(state, engine)
 
 
 def load_engine(engine: Engine, data: bytes) -> dict[str, Any]:
     """Load a snapshot into ``engine`` (freshly built from the app); return the snapshot (``offsets``, ``lineage``)."""
-    state = loads(data, engine)
+    state = loads(data, engine, strict=False)
+    kept = _evolve(engine, state)
     engine.store.restore(state["store"])
     engine.keys = state["keys"]
     engine.health.__dict__.update(state["health"])
     engine.stream_time = state["stream_time"]
     engine.input_marks = dict(state.get("input_marks", {}))  # snapshots before aligned input have none
+    errors, current = engine.health.operator_errors, {t.name for t, _ in engine.metrics}
+    for key in [k for k in errors if k[0] not in current]:
+        del errors[key]  # a removed metric's counters go with it
     for tracked, states in engine.metrics:
-        for window_state, saved in zip(states, state["windows"][tracked.name]):
-            window_state.load(saved)
+        if tracked.name in kept:
+            for window_state, saved in zip(states, state["windows"][tracked.name]):
+                window_state.load(saved)
+    started = time.time()
+    engine.metric_start = {**{n: t for n, t in state.get("metric_start", {}).items() if n in kept},
+                           **{n: started for n in current - kept}}
     return state
+
+
+def _evolve(engine: Engine, state: dict[str, Any]) -> set[str]:
+    """The metrics whose saved state the app keeps; refuse a changed one. Added ones start empty, removed go."""
+    saved = {entry[0]: entry for entry in state["signature"]}
+    now = {entry[0]: entry for entry in signature(engine)}
+    if saved.pop("segments") != now.pop("segments"):
+        raise CheckpointError(
+            f"the app's segments ({', '.join(engine.keys.segments) or 'none'}) differ from the snapshot's "
+            f"({', '.join(saved_segments(state)) or 'none'}): every series is keyed by them, so the state cannot be "
+            f"kept; keep the segments as they were, or move the state directory away to start afresh")
+    changed = [name for name in now if name in saved and saved[name] != now[name]]
+    if changed:
+        name = changed[0]
+        raise CheckpointError(
+            f"metric {name!r} is defined differently from the one in the snapshot (operator, input or windows: "
+            f"{_describe(saved[name])} then, {_describe(now[name])} now); keep its definition, or give the new "
+            f"one another name (it starts empty and the old one's state is dropped), or move the state directory "
+            f"away to start afresh")
+    added = [name for name in now if name not in saved]
+    removed = [name for name in saved if name not in now]
+    if added:
+        log.warning("metric(s) %s are new to this state: they start empty at the restored offsets (their start "
+                    "time is streammon_metric_start_time_seconds); the other metrics keep their state",
+                    ", ".join(map(repr, added)))
+    if removed:
+        log.info("metric(s) %s are no longer in the app: their saved state is dropped", ", ".join(map(repr, removed)))
+    return set(now) - set(added)
+
+
+def saved_segments(state: dict[str, Any]) -> tuple[str, ...]:
+    return next(entry[1] for entry in state["signature"] if entry[0] == "segments")
+
+
+def _describe(entry: tuple) -> str:
+    _, operator, feed, windows = entry
+    return f"{operator} of {feed} over {', '.join(windows)}"

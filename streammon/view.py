@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -31,6 +31,10 @@ class View(Protocol):
 
     @property
     def metrics(self) -> Sequence[tuple[Tracked, Sequence[WindowView]]]: ...
+
+    @property
+    def metric_start(self) -> Mapping[str, float]:
+        """Metric -> wall time it started counting, for metrics added to an app with saved state."""
 
     @property
     def counts(self) -> JoinCounts: ...

@@ -11,8 +11,8 @@ from river import metrics as river_metrics
 
 import streammon as sm
 from streammon import operators as ops
-from streammon.errors import CheckpointError
 from streammon.connectors import MemorySource
+from streammon.errors import CheckpointError
 
 
 def build(**settings) -> sm.Monitor:
@@ -96,13 +96,57 @@ def test_events_after_the_last_checkpoint_are_read_again_not_lost(tmp_path):
     assert_same(published(restarted), published(reference))
 
 
-def test_a_changed_app_is_refused_with_the_fix(tmp_path):
+def test_a_metric_added_to_the_app_starts_empty_and_the_others_keep_their_state(tmp_path):
+    events = stream(2000)
+    first_part = events[:1500]
+    build().run(MemorySource(first_part), state_dir=str(tmp_path))
+    changed = build()
+    changed.track(ops.Count(of="prediction"), name="n", windows=[sm.Cumulative()])
+    changed.run(MemorySource(events), state_dir=str(tmp_path))  # resumes after first_part
+    reference = build()
+    reference.replay(events)
+    got, want = published(changed), published(reference)
+    assert_same({k: v for k, v in got.items() if not k[0].startswith(("streammon_n", "streammon_metric_start"))}, want)
+    later = sum(1 for e in events[len(first_part):] if isinstance(e, dict) and "prediction" in e)
+    assert sum(v for (name, _), v in got.items() if name == "streammon_n") == later  # only what came after
+    starts = {dict(labels)["metric"] for (name, labels) in got if name == "streammon_metric_start_time_seconds"}
+    assert starts == {"n"}
+
+
+def test_a_metric_removed_from_the_app_leaves_the_others_their_state(tmp_path):
+    events = stream(1500)
+    with_extra = build()
+    with_extra.track(ops.Count(of="prediction"), name="n")
+    with_extra.run(MemorySource(events[:1200]), state_dir=str(tmp_path))
+    restarted = build()
+    restarted.run(MemorySource(events), state_dir=str(tmp_path))
+    reference = build()
+    reference.replay(events)
+    assert_same(published(restarted), published(reference))
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda m: m.track(ops.MAE(), name="accuracy"), "metric 'accuracy' is defined differently"),
+    (lambda m: m.track(ops.Accuracy(), windows=[sm.Cumulative()]), "metric 'accuracy' is defined differently"),
+])
+def test_a_metric_whose_definition_changed_is_refused_by_name_with_the_fix(tmp_path, change, named):
+    events = stream(200)
+    original = sm.Monitor("ck", windows=[sm.Cumulative(), sm.Sliding(60, 10)], segments=["version"])
+    original.track(ops.Accuracy())
+    original.run(MemorySource(events), state_dir=str(tmp_path))
+    changed = sm.Monitor("ck", windows=[sm.Cumulative(), sm.Sliding(60, 10)], segments=["version"])
+    change(changed)
+    with pytest.raises(CheckpointError, match=named + r".*give the new one another name"):
+        changed.run(MemorySource(events), state_dir=str(tmp_path))
+
+
+def test_changed_segments_are_refused_with_the_fix(tmp_path):
     events = stream(200)
     build().run(MemorySource(events), state_dir=str(tmp_path))
-    changed = build()
-    changed.track(ops.MAE())
-    with pytest.raises(CheckpointError, match="move the state directory away"):
-        changed.run(MemorySource(events), state_dir=str(tmp_path))
+    other = sm.Monitor("ck", windows=[sm.Cumulative(), sm.Sliding(60, 10)], segments=["region"], feedback_ttl=300)
+    other.track(ops.Accuracy())
+    with pytest.raises(CheckpointError, match=r"segments \(region\) differ from the snapshot's \(version\)"):
+        other.run(MemorySource(events), state_dir=str(tmp_path))
 
 
 def test_checkpoint_age_is_published(tmp_path):
@@ -208,7 +252,7 @@ class _HoldsALock:
     def get(self) -> float:
         return float(self.n)
 
-    def clone(self) -> "_HoldsALock":
+    def clone(self) -> _HoldsALock:
         return _HoldsALock()
 
 

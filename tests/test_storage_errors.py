@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+import streammon as sm
 from streammon.checkpoint import Checkpointer
-from streammon.errors import CheckpointError
-from streammon.state_dir import BackgroundWrite, storage_error, write_atomically
 from streammon.cli import main
+from streammon.errors import CheckpointError
 from streammon.scaleout import write_partials
+from streammon.state_dir import BackgroundWrite, storage_error, write_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests/kafka_app.py:monitor"
@@ -78,7 +79,7 @@ def test_a_snapshot_that_cannot_be_read_names_it(tmp_path):
     checkpointer.path.mkdir()  # a directory where the snapshot should be
     with pytest.raises(CheckpointError, match=r"cannot read the snapshot .*snapshot\.pkl: Is a directory \(EISDIR\); "
                                               r"a directory stands where the file should be: move it away"):
-        checkpointer.restore(object())
+        checkpointer.restore(sm.Monitor("m").pipeline.new_engine(()))
 
 
 def test_partials_that_cannot_be_written_name_them(tmp_path):

@@ -76,6 +76,7 @@ def dump_partials(engine: Engine, *, partition: int, offsets: Mapping[tuple[str,
         "pending": (store.pending_predictions, store.pending_feedback),
         "counts": store.counts,
         "windows": {t.name: [_window_partials(s) for s in states] for t, states in engine.metrics},
+        "metric_start": dict(engine.metric_start),
     }
     return dumps(state, engine)
 
@@ -103,6 +104,7 @@ class MergedView:
     pending_feedback: int = 0
     stream_time: float = -math.inf
     metrics: list[tuple[Tracked, list[MergedWindow]]] = field(default_factory=list)
+    metric_start: dict[str, float] = field(default_factory=dict)
 
     def metric_error(self, name: str, window: str, exc: BaseException) -> None:
         self.health.operator_errors[(name, window)] += 1
@@ -133,6 +135,8 @@ def merge_partials(settings: MonitorSettings, metrics: list[Tracked], partials: 
             setattr(view.counts, name, getattr(view.counts, name) + n)
         for label, n in part["overflow"].items():
             overflow[label] += n
+        for metric, started in part.get("metric_start", {}).items():  # the earliest partition's start
+            view.metric_start[metric] = min(started, view.metric_start.get(metric, started))
     # Each partition numbers its series itself: they meet by their labels.
     remaps = [[keys.code(labels[0], dict(zip(s.segments, labels[1:]))) for labels in part["labels"]] for part in partials]
     for tracked in metrics:
