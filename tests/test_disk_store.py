@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 import streammon as sm
 from streammon import operators as ops
 from streammon.connectors import MemorySource
-from streammon.disk_store import DiskJoinStore, time_key
+from streammon.disk_store import DiskJoinStore
+from streammon.disk_table import time_key
 from streammon.memory_store import MemoryJoinStore
 
 pytestmark = pytest.mark.slow
