@@ -25,7 +25,7 @@ from typing import Any
 
 from .disk_table import IndexedTable, column, decode, encode, id_hash
 from .errors import CheckpointError
-from .join import DUPLICATE, JoinCounts, Joined, Pair
+from .join import DUPLICATE, JoinCounts, Joined, Pair, as_stored
 from .state_dir import storage_error
 
 __all__ = ["DiskJoinStore", "CACHE_BYTES"]
@@ -34,13 +34,6 @@ CACHE_BYTES = 256 << 20  # RocksDB block cache per store
 _PENDING, _JOINED = 1, 2
 _FORMAT = 1
 _META_COUNTERS = b"streammon.counters"
-
-
-def _as_stored(score: Any) -> Any:
-    if score is None or isinstance(score, dict):
-        return score
-    score = float(score)
-    return None if score != score else score
 
 
 class DiskJoinStore:
@@ -202,7 +195,7 @@ class DiskJoinStore:
                         continue
                     counts.expired_feedback += 1
                 self._ensure_capacity(now)
-                pred.put_new(h, ts, [codes[i], _PENDING, _as_stored(scores[i]), values[i]])
+                pred.put_new(h, ts, [codes[i], _PENDING, as_stored(scores[i]), values[i]])
                 self._pending += 1
                 continue
             if record is not None:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["JoinStore", "CommittingStore", "JoinCounts", "Joined", "Pair", "DUPLICATE"]
+__all__ = ["JoinStore", "CommittingStore", "JoinCounts", "Joined", "Pair", "DUPLICATE", "as_stored"]
 
 # (prediction ts, feedback ts, series code, y_true, y_pred, score, id)
 Pair = tuple[float, float, int, Any, Any, Any, str]
@@ -67,6 +67,14 @@ class JoinStore(Protocol):
 
     def restore(self, saved: Any) -> None:
         """Continue from what :meth:`snapshot` returned."""
+
+
+def as_stored(score: Any) -> Any:
+    """A score as a store gives it back with its pair: a map as it is, a number as a float, NaN as None."""
+    if score is None or isinstance(score, dict):
+        return score
+    score = float(score)
+    return None if score != score else score
 
 
 class Joined(NamedTuple):

@@ -12,19 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .join import DUPLICATE, JoinCounts, Joined, Pair
+from .join import DUPLICATE, JoinCounts, Joined, Pair, as_stored
 
 __all__ = ["MemoryJoinStore"]
 
 _EMPTY, _PENDING, _JOINED = 0, 1, 2
-
-
-def _as_stored(score: Any) -> Any:
-    """A staged score as the columns give it back: a map as it is, a number as a float, NaN as None."""
-    if score is None or isinstance(score, dict):
-        return score
-    score = float(score)
-    return None if score != score else score
 
 
 class MemoryJoinStore:
@@ -308,7 +300,7 @@ class MemoryJoinStore:
                         if k >= 0:
                             pair_code.append(st_code[k])
                             y_pred.append(st_pred[k])
-                            pair_score.append(_as_stored(st_score[k]))
+                            pair_score.append(as_stored(st_score[k]))
                             st_state[k], st_pred[k], st_score[k] = _JOINED, None, None
                         else:  # read by _settle, with the other pairs taken from the columns
                             pair_code.append(0)
