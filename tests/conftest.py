@@ -1,8 +1,9 @@
 """Fixtures shared by the test modules; plain helpers (ports, scrapes, worker processes) are in tests/worker_helpers.py.
 
 Markers (pyproject.toml): ``kafka`` for tests that start the tansu broker, ``prometheus`` for tests
-that run the prometheus or promtool binaries, ``slow`` for long property tests and anything over
-~20 s. The fast loop leaves all three out: ``python3 -m pytest -q -m "not kafka and not prometheus and not slow"``.
+that run the prometheus or promtool binaries, ``slow`` for property tests with many examples, long
+end-to-end runs and the slowest others (so that the fast loop stays under 30 s). The fast loop
+leaves all three out: ``python3 -m pytest -q -m "not kafka and not prometheus and not slow"``.
 """
 
 from __future__ import annotations

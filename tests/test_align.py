@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streammon.align import EventTimeAligner
-from streammon.pipeline import Decoded
 from streammon.connectors.base import Message
 from streammon.connectors.memory import PartitionedMemorySource
+from streammon.pipeline import Decoded
 from tests.test_engine_properties import assert_equals_oracle, build_monitor, streams
 
 TOPICS = ("predictions", "feedback")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -139,7 +140,7 @@ def exactly(got: Any, expected: Any) -> bool:
         return (isinstance(got, dict) and got.keys() == expected.keys()
                 and all(exactly(got[k], expected[k]) for k in got))
     if isinstance(expected, float) and math.isnan(expected):
-        return got is None or isinstance(got, float) and math.isnan(got)
+        return got is None or (isinstance(got, float) and math.isnan(got))
     return isinstance(got, float) and math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-12)
 
 

@@ -235,7 +235,7 @@ def test_a_background_snapshot_that_fails_stops_the_worker_with_the_reason(tmp_p
     def gone():  # the state directory disappears under the running worker
         shutil.rmtree(tmp_path / "state", ignore_errors=True)
         return False
-    with pytest.raises(CheckpointError, match="cannot write the snapshot .*No such file or directory"):
+    with pytest.raises(CheckpointError, match=r"cannot write the snapshot .*No such file or directory"):
         worker.run(MemorySource(stream()), state_dir=str(tmp_path / "state"), checkpoint_interval=0.01, until=gone)
 
 
@@ -260,7 +260,7 @@ def test_a_metric_a_checkpoint_cannot_save_is_refused_at_start_by_name(tmp_path)
     monitor = sm.Monitor("m", windows=[sm.Cumulative()])
     monitor.track(_HoldsALock(), of="prediction", name="locked")
     events = [{"id": "a", "ts": 1, "prediction": 1}]
-    with pytest.raises(CheckpointError, match="metric 'locked' cannot be saved in a checkpoint .*TypeError"):
+    with pytest.raises(CheckpointError, match=r"metric 'locked' cannot be saved in a checkpoint .*TypeError"):
         monitor.run(MemorySource(events), state_dir=str(tmp_path))
     monitor.run(MemorySource(events))  # without a state directory it runs
     assert monitor.value("locked") == 1

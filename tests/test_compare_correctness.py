@@ -19,10 +19,10 @@ from sklearn.metrics import accuracy_score, precision_score, recall_score
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
-from compare.data import make_events  # noqa: E402
-from compare.interval import IntervalSpec, run_interval  # noqa: E402
-from compare.measure import measure_postgres, measure_promql_join, measure_streammon, save_events  # noqa: E402
-from compare.postgres import Postgres  # noqa: E402
+from compare.data import make_events
+from compare.interval import IntervalSpec, run_interval
+from compare.measure import measure_postgres, measure_promql_join, measure_streammon, save_events
+from compare.postgres import Postgres
 
 N = 1000
 SCORES = {"accuracy": accuracy_score, "precision": precision_score, "recall": recall_score}

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 import streammon as sm
 from streammon import operators as ops
-from streammon.cli.main import _parser, load_app, main
 from streammon.alerts import alert_rules, to_yaml
+from streammon.cli.main import _parser, load_app, main
 from streammon.dashboards import dashboard
 from worker_helpers import Worker, create_topics, free_port, scrape
 
@@ -206,7 +206,7 @@ def test_dashboard_command_writes_a_panel_per_registered_metric(tmp_path, capsys
         (target,) = metric_panels[tracked.name]["targets"]
         assert target["expr"].startswith(f"streammon_{tracked.name}{{")
         if tracked.output_label:
-            assert "{{%s}}" % tracked.output_label in target["legendFormat"]
+            assert "{{" + tracked.output_label + "}}" in target["legendFormat"]
     assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "monitor", "model", "window", "version"]
 
 

@@ -11,8 +11,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import accuracy_score
 
 import streammon as sm
@@ -23,7 +23,7 @@ def make_events(n=200, seed=0):
     rng = np.random.default_rng(seed)
     events = []
     for i in range(n):
-        version = "v%d" % (i % 3)
+        version = f"v{i % 3}"
         y_pred = int(rng.integers(0, 2))
         events.append({"id": f"e{i}", "ts": 1000 + i, "prediction": y_pred, "score": float(rng.random()),
                        "segment": {"version": version}, "model": "churn"})

@@ -12,7 +12,7 @@ import json
 import math
 import re
 import tracemalloc
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -213,7 +213,7 @@ def test_malformed_lines_are_rejected_counted_and_dead_lettered(tmp_path):
 
 
 def test_parquet_rows_with_maps_nulls_and_timestamps(tmp_path):
-    utc = timezone.utc
+    utc = UTC
     table = pa.table({
         "id": ["a", "b", "a", None, "c", "d"],
         "ts": pa.array([datetime(2023, 11, 14, 22, 13, 20, tzinfo=utc), datetime(2023, 11, 14, 22, 13, 21, tzinfo=utc),
@@ -308,7 +308,7 @@ def test_wrong_arguments_and_unreadable_files(tmp_path):
     with pytest.raises(RegistrationError, match="order='time'"):
         FileSource(tmp_path / "ok.jsonl", order="ts")
     (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(SourceError, match="corrupt.parquet"):
+    with pytest.raises(SourceError, match=r"corrupt\.parquet"):
         sm.Monitor("c").run(FileSource(tmp_path / "corrupt.parquet"))
     with pytest.raises(ValueError, match="one type per column"):
         write_events(tmp_path / "mixed.parquet", [{"id": "a", "ts": 1, "prediction": 1}, {"id": "b", "ts": 2, "prediction": "x"}])

@@ -238,7 +238,10 @@ def test_resumes_from_a_checkpoint_after_a_crash(broker, dataset, tmp_path):
     # 1. Stop cleanly part-way: the last checkpoint holds state and offsets (in this run's consumer group).
     first = Counted(confluent_source(broker, topics))
     part_way = total // 3
-    stop = lambda: first.polled >= part_way or time.monotonic() > deadline
+
+    def stop():
+        return first.polled >= part_way or time.monotonic() > deadline
+
     new_monitor(dead_letter=MemoryDeadLetter()).run(first, state_dir=tmp_path, max_records=300, until=stop)
     assert part_way <= first.polled < total
     # 2. Resume, read on, crash before the next checkpoint: that work is lost and must be redone.
@@ -375,10 +378,10 @@ def test_refuses_topics_with_different_partition_counts_as_kafka_python_does(bro
 
 
 def test_missing_topic_and_unreachable_broker_are_named(broker):
-    with pytest.raises(SourceError, match="topic.*not found on the broker"):
+    with pytest.raises(SourceError, match=r"topic.*not found on the broker"):
         ConfluentKafkaSource(broker.bootstrap_servers, predictions_topic=f"absent-{uuid.uuid4().hex[:8]}",
                              metadata_timeout=1)
-    with pytest.raises(SourceError, match="cannot reach Kafka at 127.0.0.1"):
+    with pytest.raises(SourceError, match=r"cannot reach Kafka at 127\.0\.0\.1"):
         ConfluentKafkaSource(f"127.0.0.1:{free_port()}", metadata_timeout=1)
     with pytest.raises(SourceError, match="cannot create a confluent-kafka consumer"):
         ConfluentKafkaSource(broker.bootstrap_servers, **{"no.such.setting": 1})
@@ -416,8 +419,8 @@ def test_a_missing_client_names_the_extra(monkeypatch):
 
 @pytest.mark.parametrize("client, expected", [("kafka-python", KafkaSource), ("confluent", ConfluentKafkaSource)])
 def test_streammon_run_chooses_the_client(broker, dataset, client, expected):
-    from streammon.cli.main import _parser
     from streammon.cli.kafka import kafka_source
+    from streammon.cli.main import _parser
 
     args = _parser().parse_args(["run", "app.py:monitor", "--bootstrap-servers", broker.bootstrap_servers,
                                  "--topics", ",".join(dataset["topics"]), "--kafka-client", client])

@@ -29,7 +29,7 @@ def produce(broker, topics: dict[str, str], events, *, pause_topic: str | None =
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, compression_type="gzip", linger_ms=20)
     rng = random.Random(seed)
     try:
-        for i, (topic, key, value) in enumerate(events):
+        for topic, key, value in events:
             producer.send(topics[topic], key=key.encode(), value=value, partition=partition_of(key, PARTITIONS))
             if pause_topic and topic == pause_topic and rng.random() < 0.0005:
                 producer.flush()

@@ -32,7 +32,7 @@ def null_rate(values):
 
 def same(x, y):
     if isinstance(x, float) or isinstance(y, float):
-        return isinstance(x, float) and isinstance(y, float) and (x == y or math.isnan(x) and math.isnan(y))
+        return isinstance(x, float) and isinstance(y, float) and (x == y or (math.isnan(x) and math.isnan(y)))
     return x.keys() == y.keys() and all(math.isclose(x[k], y[k], rel_tol=1e-12) for k in x)
 
 

@@ -2,6 +2,7 @@
 
 import math
 import warnings
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -105,7 +106,7 @@ def test_ks_with_few_cut_points_is_within_its_error_bound(seed):
     ks.update_many(window)
     # The bound recomputed from its definition: the largest reference share strictly between two cuts.
     cuts = ks.cuts
-    between = max(((ref > lo) & (ref < hi)).sum() for lo, hi in zip(cuts[:-1], cuts[1:])) / len(ref)
+    between = max(((ref > lo) & (ref < hi)).sum() for lo, hi in pairwise(cuts)) / len(ref)
     assert cuts[0] == ref.min() and cuts[-1] == ref.max() and len(cuts) <= 100
     assert close(ks.error_bound, between) and 0 < between <= 1.5 / 100
     exact = ks_oracle(ref, window)

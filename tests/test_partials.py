@@ -178,8 +178,8 @@ def partition_worker(monitor: sm.Monitor, state_dir: str):
     """A scaled-out worker's partitions and the runner that feeds them, driven by hand."""
     from streammon.connectors import MemorySource
     from streammon.runner import CheckpointCoordinator, Runner
-    from streammon.settings import RunOptions
     from streammon.scaleout import PartitionWorker
+    from streammon.settings import RunOptions
 
     source = MemorySource([])
     worker = PartitionWorker(monitor.pipeline, monitor.metrics, source, state_dir)

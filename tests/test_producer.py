@@ -18,12 +18,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer
-from kafka import codec
+from kafka import KafkaConsumer, codec
 from sklearn.metrics import accuracy_score
 
-from streammon import (Cumulative, EventError, Feedback, Monitor, Prediction, RegistrationError, SourceError,
-                       decode_event)
+from streammon import (
+    Cumulative,
+    EventError,
+    Feedback,
+    Monitor,
+    Prediction,
+    RegistrationError,
+    SourceError,
+    decode_event,
+)
 from streammon import operators as ops
 from streammon.cli import main
 from streammon.connectors import write_events
@@ -208,7 +215,7 @@ def test_full_buffer_times_out_with_source_error_and_close_counts_the_undelivere
         own.stop()  # the broker goes away: nothing more is acknowledged
 
         sizes, accepted = [], 0
-        with pytest.raises(SourceError, match="send buffer .* stayed full") as caught:
+        with pytest.raises(SourceError, match=r"send buffer .* stayed full") as caught:
             while accepted < 1000:
                 event = {"id": f"id-{accepted}", "ts": T0 + accepted, "prediction": 1, "score": 0.5}
                 _, key, value = producer.encode(event)
@@ -346,7 +353,7 @@ def test_produce_command_to_one_topic_with_kind_and_rate(broker, tmp_path, capsy
     code = main(["produce", str(path), "--bootstrap-servers", broker.bootstrap_servers, "--topic", topic,
                  "--kind", "prediction", "--rate", str(rate), "--compression", "none"])
     elapsed = time.monotonic() - started
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     rejected = len(events) - len(predictions) + 1  # the feedback lines and the malformed one
     assert code == 1 and f"{rejected:,} invalid events were not sent" in err
     assert "events.jsonl:1: malformed JSON" in err

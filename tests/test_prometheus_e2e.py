@@ -36,9 +36,9 @@ from kafka_oracle import aligned_messages
 from oracle import run_oracle
 from streammon import Sliding
 from streammon import operators as ops
+from streammon.alerts import alert_rules, to_yaml
 from streammon.apps import load_app
 from streammon.connectors.kafka import KafkaSource
-from streammon.alerts import alert_rules, to_yaml
 from streammon.dashboards import dashboard
 from streammon.demo import simulate
 from test_demo import well_formed

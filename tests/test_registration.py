@@ -36,7 +36,7 @@ def test_operator_without_merge_or_revert_is_refused_for_sliding_windows_with_th
 def test_duplicate_name_is_refused():
     m = monitor()
     m.track(ops.Accuracy())
-    with pytest.raises(sm.RegistrationError, match="already tracked.*name="):
+    with pytest.raises(sm.RegistrationError, match=r"already tracked.*name="):
         m.track(ops.Accuracy())
     m.track(ops.Accuracy(), name="accuracy_2")
 
@@ -73,7 +73,7 @@ def test_class_instead_of_instance_and_function_instead_of_operator():
     m = monitor()
     with pytest.raises(sm.RegistrationError, match=r"monitor.track\(Accuracy\(\)\)"):
         m.track(ops.Accuracy)
-    with pytest.raises(sm.RegistrationError, match="@monitor.metric"):
+    with pytest.raises(sm.RegistrationError, match=r"@monitor\.metric"):
         m.track(lambda y_true, y_pred: 0.0)
     with pytest.raises(sm.RegistrationError, match=r"stat=ConfusionMatrix\(\)"):
         m.metric(lambda cm: 0.0, stat=ops.ConfusionMatrix)
@@ -81,7 +81,7 @@ def test_class_instead_of_instance_and_function_instead_of_operator():
 
 def test_unknown_of_and_time_are_refused_with_the_choices():
     m = monitor()
-    with pytest.raises(sm.RegistrationError, match="features.<name>"):
+    with pytest.raises(sm.RegistrationError, match=r"features\.<name>"):
         m.track(ops.Mean(of="colour"))
     with pytest.raises(sm.RegistrationError, match="time='feedback'"):
         m.track(ops.Accuracy(), time="arrival")
@@ -104,7 +104,7 @@ def test_bad_settings_are_refused():
         sm.Monitor("t", feedback_ttl="a week")
     with pytest.raises(sm.RegistrationError, match="max_pending"):
         sm.Monitor("t", max_pending=0)
-    with pytest.raises(sm.RegistrationError, match="unexpected|extra"):
+    with pytest.raises(sm.RegistrationError, match=r"unexpected|extra"):
         sm.Monitor("t", feedbak_ttl="7d")
 
 
@@ -169,5 +169,5 @@ def test_an_operator_that_cannot_be_copied_is_refused_at_registration_with_the_f
             return float(self.n)
 
     monitor = sm.Monitor("m", windows=[sm.Cumulative()])
-    with pytest.raises(sm.RegistrationError, match="metric 'locked': streammon copies the operator .* give it a clone\\(\\) method"):
+    with pytest.raises(sm.RegistrationError, match=r"metric 'locked': streammon copies the operator .* give it a clone\(\) method"):
         monitor.track(Locked(), of="prediction")

@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from streammon.cli import main
-from streammon.errors import UsageError
 from streammon.cli.kafka import environment_settings, kafka_option, kafka_settings
+from streammon.errors import UsageError
 
 APP = "tests/kafka_app.py:monitor"
 SECRET = "0123456789"  # digits: it must stay text wherever it comes from a file

@@ -58,7 +58,7 @@ class Events:
                  y_true=self.y_true, order=self.order, is_feedback=self.is_feedback)
 
     @classmethod
-    def load(cls, path: str) -> "Events":
+    def load(cls, path: str) -> Events:
         with np.load(path) as f:
             return cls(**{k: f[k] for k in f.files})
 

@@ -26,9 +26,10 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import streammon as sm
-from .data import WINDOW, window_bounds
 from streammon import operators as ops
 from streammon.connectors.base import Message
+
+from .data import WINDOW, window_bounds
 
 __all__ = ["IntervalSpec", "run_interval"]
 
@@ -69,7 +70,7 @@ def _read(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 
 def run_interval(spec: IntervalSpec = IntervalSpec()) -> list[dict]:
-    start, duration, pred_ts, fb_ts, y_true, y_pred = _stream(spec)
+    start, _duration, pred_ts, fb_ts, y_true, y_pred = _stream(spec)
     n = len(pred_ts)
     right = (y_true == y_pred).astype(np.float64)
     ids = [f"p{i}" for i in range(n)]
@@ -132,7 +133,7 @@ def run_interval(spec: IntervalSpec = IntervalSpec()) -> list[dict]:
     rows = []
     for iv in (finest, *spec.intervals):
         step = scrape_every[iv]
-        mine = [(s, v, t, c) for s, v, t, c in checks if int(round(s - start)) % step == 0]
+        mine = [(s, v, t, c) for s, v, t, c in checks if round(s - start) % step == 0]
         errors = [abs(v - t) for _, v, t, _ in mine if not (math.isnan(v) and math.isnan(t))]
         exact = sum(1 for _, v, t, c in mine
                     if c and ((math.isnan(v) and math.isnan(t)) or math.isclose(v, t, rel_tol=1e-12)))
@@ -143,7 +144,7 @@ def run_interval(spec: IntervalSpec = IntervalSpec()) -> list[dict]:
         if iv == finest:
             continue
         for approach, total in (("last_pair_gauge", pair_updates), ("batch_gauge", batch_updates)):
-            scraped = [(s, v, k) for s, v, k in samples[approach] if int(round(s - start)) % step == 0]
+            scraped = [(s, v, k) for s, v, k in samples[approach] if round(s - start) % step == 0]
             seen = len({k for _, _, k in scraped if k > 0})
             times = np.array([s for s, _, _ in scraped])
             values = np.array([v for _, v, _ in scraped])

@@ -90,7 +90,7 @@ def _timed_queries(system: str, prom: Prometheus, queries: dict[tuple[str, str],
     for (metric, window), expr in queries.items():
         times, value, error = [], None, ""
         try:
-            times, (_, value) = repeat(lambda: prom.scalar(expr, at), reps)  # the HTTP round trip, parsed
+            times, (_, value) = repeat(lambda expr=expr: prom.scalar(expr, at), reps)  # the HTTP round trip, parsed
         except RuntimeError as exc:  # a query timeout or a limit: a failure, reported as such
             error = str(exc)
         want = expected[window][metric]

@@ -8,6 +8,7 @@ feedback, the way a tracker keeps a metric fresh with a database.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -77,7 +78,7 @@ class Postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.dir)
 
-    def __enter__(self) -> "Postgres":
+    def __enter__(self) -> Postgres:
         data = os.path.join(self.dir, "data")
         self._run("initdb", "-D", data, "-A", "trust", "-U", "bench", "-E", "UTF8", "--no-sync")
         options = " ".join([f"-p {self.port}", f"-k {self.dir}", "-c listen_addresses=127.0.0.1",
@@ -86,10 +87,8 @@ class Postgres:
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self._run("pg_ctl", "-D", os.path.join(self.dir, "data"), "-m", "fast", "-w", "stop")
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def connect(self):
@@ -144,7 +143,7 @@ def run_postgres(pg: Postgres, events: Events, *, batch: int, reps: int) -> dict
         expected["view"], expected["view_1h"] = expected["join"], expected["join_1h"]
         for name, sql in QUERIES.items():
             params = (lo, hi) if name.endswith("_1h") else None
-            times, counts = repeat(lambda: conn.execute(sql, params).fetchone(), reps)
+            times, counts = repeat(lambda sql=sql, params=params: conn.execute(sql, params).fetchone(), reps)
             out["queries"][name] = statistics.median(times)
             out["answers"][name] = (_metrics(counts), expected[name])
         out["bytes"] = conn.execute(

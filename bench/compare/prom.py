@@ -61,7 +61,7 @@ class Prometheus:
         OWN_DIRS.append(self.dir)
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Prometheus":
+    def __enter__(self) -> Prometheus:
         config = self._write_config(self.jobs)
         self.log = open(os.path.join(self.dir, "prometheus.log"), "wb")
         binary = shutil.which("prometheus") or "/usr/bin/prometheus"

@@ -14,6 +14,7 @@ bench/results/compare_quick* (or compare_custom*) and leave the doc alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
@@ -63,8 +64,10 @@ def _command(*cmd: str) -> str:
 
 
 def _machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    mem = next((int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    with open("/proc/meminfo") as f:
+        mem = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal")), 0)
     from compare.postgres import _bin_dir
 
     prom = _command("prometheus", "--version").splitlines()
@@ -72,10 +75,11 @@ def _machine() -> dict:
     commit = _command("git", "-C", ROOT, "rev-parse", "--short", "HEAD")
     if _command("git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "streammon"):
         commit += " with uncommitted changes in streammon/"
+    from importlib.metadata import version
+
     import numpy
     import psycopg
     import sklearn
-    from importlib.metadata import version
 
     versions = (f"{prom[0].split(' (')[0] if prom else 'prometheus ?'}, {pg}, Python {platform.python_version()}, "
                 f"prometheus_client {version('prometheus_client')}, psycopg {psycopg.__version__}, "
@@ -83,7 +87,7 @@ def _machine() -> dict:
                 f"scikit-learn {sklearn.__version__}, streammon commit {commit}")
     return {"machine": f"{cpu}, {os.cpu_count()} cores, {mem / 2**30:.1f} GiB, {platform.platform()}",
             "load": ", ".join(f"{x:.2f}" for x in os.getloadavg()), "versions": versions,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def _promql_skip(n: int, done: list[dict], args: argparse.Namespace) -> str:
@@ -119,10 +123,8 @@ def _leftovers() -> list[str]:
         pid, _, cmd = line.strip().partition(" ")
         if any(d in cmd for d in OWN_DIRS) and int(pid) != os.getpid():
             out.append(line.strip())
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(int(pid), signal.SIGTERM)
-            except OSError:
-                pass
     return out
 
 
