@@ -9,10 +9,12 @@ serve lag monitoring only. The bytes are :mod:`streammon.snapshot`'s, the files 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError
 from .join import CommittingStore
@@ -42,8 +44,10 @@ class Checkpointer:
         # Identifies one history of the state; a crash and restore keep it, starting afresh changes it.
         self.lineage: str | None = None
 
-    def save(self, engine: Engine, offsets: Offsets) -> None:
-        data = dump_engine(engine, offsets, self.lineage)
+    def save(self, engine: Engine, offsets: Offsets, *, lock: AbstractContextManager[Any] | None = None) -> None:
+        """Write the state and ``offsets``; ``lock`` is held while the state is read, not while it is written."""
+        with lock or contextlib.nullcontext():
+            data = dump_engine(engine, offsets, self.lineage)
         if isinstance(engine.store, CommittingStore):  # one atomic write: the store's changes, this, the offsets
             engine.store.commit({SNAPSHOT_KEY: data})
         else:

@@ -177,8 +177,9 @@ class CheckpointCoordinator:
             self.states.publish(pick)
             return
         for state, checkpointer in saved:
-            with self.pipeline.lock:
-                checkpointer.save(state.engine, state.offsets)
+            # Scrapes wait only while the state is read; the write (a file, or the store's commit) goes on
+            # without them: this thread is the only one that changes the state.
+            checkpointer.save(state.engine, state.offsets, lock=self.pipeline.lock)
         for state in pick:
             state.unsaved = False
         if saved:
