@@ -56,6 +56,9 @@ class DiskJoinStore:
         table.set_block_cache(Cache(cache_bytes))
         table.set_bloom_filter(10, False)
         opts.set_block_based_table_factory(table)
+        # Most lookups miss (a new prediction's id): a bloom filter on the memtable answers those without a search.
+        opts.set_memtable_prefix_bloom_ratio(0.1)
+        opts.set_memtable_whole_key_filtering(True)
         try:
             self.db = Rdict(str(self.path), opts)
         except Exception as exc:
