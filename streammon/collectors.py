@@ -56,8 +56,8 @@ class RunStatus:
     exporter: PartialsExporter | None = None
 
 
-class MetricsCollector:
-    """One gauge family per metric (and its ``_count``), from the view's window states."""
+class _ViewCollector:
+    """Families read from the monitor's view (none before there is one), under its lock."""
 
     def __init__(self, name: str, view: Callable[[], View | None], lock: threading.RLock) -> None:
         self.name, self.view, self.lock = name, view, lock
@@ -67,6 +67,13 @@ class MetricsCollector:
             view = self.view()
             if view is not None:
                 yield from self._families(view)
+
+    def _families(self, view: View) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+class MetricsCollector(_ViewCollector):
+    """One gauge family per metric (and its ``_count``), from the view's window states."""
 
     def _families(self, view: View) -> Iterator[Metric]:
         base = ["monitor", "model", "window", *view.keys.segments]
@@ -106,17 +113,8 @@ def _value(view: View, name: str, window: str, op: Any, count: int) -> Any:
     return value if isinstance(value, dict) else _number(value)
 
 
-class JoinHealthCollector:
+class JoinHealthCollector(_ViewCollector):
     """Events read, the join's state and counters, late events, operator errors, the cardinality guard, stream time."""
-
-    def __init__(self, name: str, view: Callable[[], View | None], lock: threading.RLock) -> None:
-        self.name, self.view, self.lock = name, view, lock
-
-    def collect(self) -> Iterator[Metric]:
-        with self.lock:
-            view = self.view()
-            if view is not None:
-                yield from self._families(view)
 
     def _families(self, view: View) -> Iterator[Metric]:
         health = view.health

@@ -25,7 +25,7 @@ from typing import Any
 
 from .disk_table import IndexedTable, column, decode, encode, id_hash
 from .errors import CheckpointError
-from .join import DUPLICATE, JoinCounts, Joined, Pair, as_stored
+from .join import JoinCounts, Joined, OneEventAtATime, as_stored
 from .state_dir import storage_error
 
 __all__ = ["DiskJoinStore", "CACHE_BYTES"]
@@ -36,7 +36,7 @@ _FORMAT = 1
 _META_COUNTERS = b"streammon.counters"
 
 
-class DiskJoinStore:
+class DiskJoinStore(OneEventAtATime):
     """The join's state in RocksDB at ``path``, durable at each :meth:`commit` (see the module docstring).
 
     ``cache_bytes`` bounds the block cache; what else it holds in memory is the changes since the
@@ -142,20 +142,6 @@ class DiskJoinStore:
     @property
     def pending_feedback(self) -> int:
         return self._early.count if self._closed_early is None else self._closed_early
-
-    def add_prediction(self, id: str, ts: float, code: int, prediction: Any, score: Any, now: float) -> Pair | str | None:
-        return self._one(self.join([True], [id], [ts], [code], [prediction], [score], [now]), id)
-
-    def add_feedback(self, id: str, ts: float, label: Any, now: float) -> Pair | str | None:
-        return self._one(self.join([False], [id], [ts], [0], [label], [None], [now]), id)
-
-    @staticmethod
-    def _one(got: Joined, id: str) -> Pair | str | None:
-        if not got.accepted[0]:
-            return DUPLICATE
-        if got.at:
-            return (got.pred_ts[0], got.fb_ts[0], got.code[0], got.y_true[0], got.y_pred[0], got.score[0], id)
-        return None
 
     def join(self, is_prediction: Sequence[bool], ids: Sequence[str], times: Sequence[float], codes: Sequence[int],
              values: Sequence[Any], scores: Sequence[Any], nows: Sequence[float]) -> Joined:

@@ -332,22 +332,22 @@ class Engine:
         key = (stream, "typed " + name)
         got = batch._cache.get(key)
         if got is None:
-            got = batch._cache[key] = self._column(batch.column(stream, name))
+            got = batch._cache[key] = as_column(batch.column(stream, name))
         return got
 
-    @staticmethod
-    def _column(values: Any) -> np.ndarray:
-        if isinstance(values, np.ndarray):
-            return values
-        values = list(values)
-        # Plain numbers become numeric arrays for vectorised operators; anything else (classes as
-        # strings or booleans, None, maps) stays objects. Ints stay ints so classes keep their names.
-        types = set(map(type, values))
-        try:
-            if types == {int}:
-                return np.array(values, dtype=np.int64)
-            if types and types <= {int, float}:
-                return np.array(values, dtype=np.float64)
-        except OverflowError:  # numbers beyond what numpy holds stay Python objects
-            pass
-        return _objects(values)
+
+def as_column(values: Any) -> np.ndarray:
+    """A column as operators receive it: plain numbers as numeric arrays for vectorised operators;
+    anything else (classes as strings or booleans, None, maps) as objects. Ints stay ints so classes keep their names."""
+    if isinstance(values, np.ndarray):
+        return values
+    values = list(values)
+    types = set(map(type, values))
+    try:
+        if types == {int}:
+            return np.array(values, dtype=np.int64)
+        if types and types <= {int, float}:
+            return np.array(values, dtype=np.float64)
+    except OverflowError:  # numbers beyond what numpy holds stay Python objects
+        pass
+    return _objects(values)

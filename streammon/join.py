@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["JoinStore", "CommittingStore", "JoinCounts", "Joined", "Pair", "DUPLICATE", "as_stored"]
+__all__ = ["JoinStore", "CommittingStore", "OneEventAtATime", "JoinCounts", "Joined", "Pair", "DUPLICATE", "as_stored"]
 
 # (prediction ts, feedback ts, series code, y_true, y_pred, score, id)
 Pair = tuple[float, float, int, Any, Any, Any, str]
@@ -101,3 +101,25 @@ class CommittingStore(Protocol):
     def meta(self, key: bytes) -> bytes | None: ...
 
     def close(self) -> None: ...
+
+
+class OneEventAtATime:
+    """``add_prediction``/``add_feedback`` for a store that implements ``join``: one event as a batch of one."""
+
+    def join(self, is_prediction: Sequence[bool], ids: Sequence[str], times: Sequence[float], codes: Sequence[int],
+             values: Sequence[Any], scores: Sequence[Any], nows: Sequence[float]) -> Joined:
+        raise NotImplementedError
+
+    def add_prediction(self, id: str, ts: float, code: int, prediction: Any, score: Any, now: float) -> Pair | str | None:
+        return _one(self.join([True], [id], [ts], [code], [prediction], [score], [now]), id)
+
+    def add_feedback(self, id: str, ts: float, label: Any, now: float) -> Pair | str | None:
+        return _one(self.join([False], [id], [ts], [0], [label], [None], [now]), id)
+
+
+def _one(got: Joined, id: str) -> Pair | str | None:
+    if not got.accepted[0]:
+        return DUPLICATE
+    if got.at:
+        return (got.pred_ts[0], got.fb_ts[0], got.code[0], got.y_true[0], got.y_pred[0], got.score[0], id)
+    return None

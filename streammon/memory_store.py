@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from .join import DUPLICATE, JoinCounts, Joined, Pair, as_stored
+from .join import JoinCounts, Joined, OneEventAtATime, as_stored
 
 __all__ = ["MemoryJoinStore"]
 
 _EMPTY, _PENDING, _JOINED = 0, 1, 2
 
 
-class MemoryJoinStore:
+class MemoryJoinStore(OneEventAtATime):
     """Pending predictions in columns (numpy) behind one ``dict`` from id to slot.
 
     Slots are handed out in arrival order, so the oldest entry, the one evicted past
@@ -205,20 +205,6 @@ class MemoryJoinStore:
             self._oldest_ts = ts
 
     # -- the join ------------------------------------------------------------------------
-    def add_prediction(self, id: str, ts: float, code: int, prediction: Any, score: Any, now: float) -> Pair | str | None:
-        return self._one(self.join([True], [id], [ts], [code], [prediction], [score], [now]), id)
-
-    def add_feedback(self, id: str, ts: float, label: Any, now: float) -> Pair | str | None:
-        return self._one(self.join([False], [id], [ts], [0], [label], [None], [now]), id)
-
-    @staticmethod
-    def _one(got: Joined, id: str) -> Pair | str | None:
-        if not got.accepted[0]:
-            return DUPLICATE
-        if got.at:
-            return (got.pred_ts[0], got.fb_ts[0], got.code[0], got.y_true[0], got.y_pred[0], got.score[0], id)
-        return None
-
     def join(self, is_prediction: Sequence[bool], ids: Sequence[str], times: Sequence[float], codes: Sequence[int],
              values: Sequence[Any], scores: Sequence[Any], nows: Sequence[float]) -> Joined:
         """Join a batch of events, in order: ``values`` holds each prediction's prediction and each

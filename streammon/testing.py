@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .engine import as_column
 from .operators.base import capabilities
 
 __all__ = ["check_operator"]
@@ -219,28 +220,10 @@ def _columns(batch: Any, what: str, *, same_length: bool = True) -> list[np.ndar
     if isinstance(batch, np.ndarray) or not isinstance(batch, Sequence) or isinstance(batch, str):
         raise TypeError(f"{what} must hold one column per argument of update: for one argument write ({what},), "
                         f"for pairs (y_true, y_pred)")
-    cols = [_as_column(c) for c in batch]
+    cols = [as_column(c) for c in batch]
     if same_length and len({len(c) for c in cols}) > 1:
         raise TypeError(f"the columns of {what} differ in length: {[len(c) for c in cols]}")
     return cols
-
-
-def _as_column(values: Any) -> np.ndarray:
-    # As the monitor builds columns: ints stay ints, plain numbers are floats, the rest stays objects.
-    if isinstance(values, np.ndarray):
-        return values
-    values = list(values)
-    types = set(map(type, values))
-    try:
-        if types == {int}:
-            return np.array(values, dtype=np.int64)
-        if types and types <= {int, float}:
-            return np.array(values, dtype=np.float64)
-    except OverflowError:
-        pass
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
 
 
 def _update_each(op: Any, cols: Sequence[np.ndarray]) -> Any:

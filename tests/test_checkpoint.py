@@ -54,22 +54,28 @@ def assert_same(a, b):
         assert a[k] == pytest.approx(b[k], rel=1e-9, nan_ok=True), k
 
 
-def test_a_restart_resumes_from_the_checkpoint_exactly(tmp_path):
+STORES = pytest.mark.parametrize("join_store", ["memory", "disk"])
+
+
+@STORES
+def test_a_restart_resumes_from_the_checkpoint_exactly(tmp_path, join_store):
     events = stream()
     reference = build()
     reference.replay(events)
     # A worker that stops part-way (as a crash after its last checkpoint would leave it)...
     first = build(batch_size=256)
-    first.run(MemorySource(events), state_dir=str(tmp_path), until=lambda: first._engine.health.events[("predictions", "accepted")] > 1200)
+    first.run(MemorySource(events), state_dir=str(tmp_path), join_store=join_store,
+              until=lambda: first._engine.health.events[("predictions", "accepted")] > 1200)
     mid = published(first)
     assert mid != published(reference)
     # ...and a new process of the same app picks up from its snapshot.
     second = build(batch_size=256)
-    second.run(MemorySource(events), state_dir=str(tmp_path))
+    second.run(MemorySource(events), state_dir=str(tmp_path), join_store=join_store)
     assert_same(published(second), published(reference))
 
 
-def test_events_after_the_last_checkpoint_are_read_again_not_lost(tmp_path):
+@STORES
+def test_events_after_the_last_checkpoint_are_read_again_not_lost(tmp_path, join_store):
     events = stream(800)
     reference = build()
     reference.replay(events)
@@ -90,9 +96,9 @@ def test_events_after_the_last_checkpoint_are_read_again_not_lost(tmp_path):
 
     crashed.pipeline.process = process
     with pytest.raises(Crash):
-        crashed.run(MemorySource(events), state_dir=str(tmp_path), checkpoint_interval=0.0)
+        crashed.run(MemorySource(events), state_dir=str(tmp_path), checkpoint_interval=0.0, join_store=join_store)
     restarted = build(batch_size=100)
-    restarted.run(MemorySource(events), state_dir=str(tmp_path))
+    restarted.run(MemorySource(events), state_dir=str(tmp_path), join_store=join_store)
     assert_same(published(restarted), published(reference))
 
 

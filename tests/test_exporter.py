@@ -229,6 +229,6 @@ def test_an_integer_beyond_64_bits_is_rejected_not_a_crash():
 
 
 def test_numbers_numpy_cannot_hold_stay_objects_in_columns():
-    from streammon.engine import Engine
-    column = Engine._column([1, 2**64])
+    from streammon.engine import as_column
+    column = as_column([1, 2**64])
     assert column.dtype == object and column.tolist() == [1, 2**64]

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import UsageError
 from ..monitor import Monitor
 
-__all__ = ["kafka_source", "kafka_dead_letter", "kafka_option", "kafka_settings", "ENV_PREFIX"]
+__all__ = ["kafka_source", "kafka_dead_letter", "kafka_option", "kafka_settings", "read_text_file", "ENV_PREFIX"]
 
 log = logging.getLogger("streammon")
 ENV_PREFIX = "STREAMMON_KAFKA_"
@@ -101,20 +101,25 @@ def _value(raw: str, where: str) -> Any:
     return value
 
 
+def read_text_file(path: str, label: str, fix: str) -> str:
+    """A file given on the command line (a secret, typically), as text; ``label`` names it in the error."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{label}: the file does not exist; {fix}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{label}: the file is not UTF-8 text; {fix}") from None
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot read the file: {exc.strerror or exc}") from None
+
+
 def _read_value(path: str, where: str) -> str:
     """The text of a file holding one setting (a secret, typically), without its trailing newline."""
     # Always text, never converted: a password of digits must stay a string.
     fix = f"write the value alone to it, e.g. printf '%s' 'VALUE' > FILE && chmod 600 FILE, and give {where}=@FILE"
     if not path:
         raise UsageError(f"{where}=@ names no file: {fix}")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{where}=@{path}: the file does not exist; {fix}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{where}=@{path}: the file is not UTF-8 text; {fix}") from None
-    except OSError as exc:
-        raise UsageError(f"{where}=@{path}: cannot read the file: {exc.strerror or exc}") from None
+    text = read_text_file(path, f"{where}=@{path}", fix)
     text = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")  # what echo and editors add
     if not text:
         raise UsageError(f"{where}=@{path}: the file is empty; {fix}")

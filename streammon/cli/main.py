@@ -23,7 +23,7 @@ from ..apps import load_app
 from ..errors import AppLoadError, RegistrationError, SourceError, StreamMonError, UsageError
 from ..monitor import Monitor
 from .generate import add_generate_commands
-from .kafka import kafka_dead_letter, kafka_option, kafka_settings, kafka_source
+from .kafka import kafka_dead_letter, kafka_option, kafka_settings, kafka_source, read_text_file
 
 __all__ = ["main"]
 
@@ -193,15 +193,8 @@ def _metrics_security(args: argparse.Namespace) -> dict[str, Any]:
 def _read_basic_auth(path: str) -> tuple[str, str]:
     """``(user, password)`` from a file of one line ``user:password``, so no secret is in the process list."""
     fix = f"write one line user:password to it, e.g. printf '%s' 'prom:SECRET' > {path} && chmod 600 {path}"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise UsageError(f"--basic-auth-file {path} does not exist: {fix}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--basic-auth-file {path} is not UTF-8 text: {fix}") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read --basic-auth-file {path}: {exc.strerror or exc}") from None
+    text = read_text_file(path, f"--basic-auth-file {path}", fix)
+    mode = os.stat(path).st_mode
     lines = text.rstrip("\r\n").splitlines()
     user, colon, password = lines[0].partition(":") if len(lines) == 1 else ("", "", "")
     if not (user and colon and password):  # never echo the content: it may be the secret, mistyped
