@@ -146,6 +146,9 @@ class DiskJoinStore(OneEventAtATime):
     def join(self, is_prediction: Sequence[bool], ids: Sequence[str], times: Sequence[float], codes: Sequence[int],
              values: Sequence[Any], scores: Sequence[Any], nows: Sequence[float]) -> Joined:
         """As :meth:`MemoryJoinStore.join`: the batch's events in order, the store read once per batch."""
+        if self._closed_early is not None:
+            raise CheckpointError(f"the join store at {self.path} was closed when its run ended; build the app's "
+                                  f"monitor anew and run it with the same state directory: it resumes from the store")
         out = Joined([], [], [], [], [], [], [], [])
         accepted, at, pred_ts, fb_ts, pair_code, y_true, y_pred, pair_score = out
         hashes = [id_hash(i) for i in ids]
