@@ -164,7 +164,9 @@ class Monitor:
         seconds (and at a clean stop), and a restart resumes from the last checkpoint: a worker killed
         at any moment counts every event exactly once (see docs/kafka.md). Snapshots are written by a
         forked child while this process goes on (``background_checkpoints``, where the OS can fork),
-        and offsets are committed once the snapshot is on disk.
+        and offsets are committed once the snapshot is on disk. ``join_store="disk"`` keeps the join in
+        RocksDB in ``state_dir`` instead, and a checkpoint writes only what changed, with the offsets, in
+        one synced batch (a single worker; docs/kafka.md, "The disk-backed join store").
 
         A source shared by a group of workers (``KafkaSource(..., scale_out=True)``) keeps state per
         partition in ``state_dir`` (which every worker must share) and writes each partition's
