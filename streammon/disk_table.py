@@ -138,8 +138,9 @@ class IndexedTable:
                 batch.delete(h, main)
             else:
                 batch.put(h, encode(record), main)
-                batch.put(time_key(record[0]) + h, b"", by_time)
-                batch.put(_pack_q(record[1]) + h, b"", by_seq)
+                if record[1] >= self.committed_seq:  # created since the commit: an updated one is indexed already
+                    batch.put(time_key(record[0]) + h, b"", by_time)
+                    batch.put(_pack_q(record[1]) + h, b"", by_seq)
 
     def committed(self) -> None:
         self.committed_seq = self.next_seq
