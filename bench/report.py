@@ -18,7 +18,7 @@ END = "<!-- END GENERATED -->"
 _PACKAGES = ("numpy", "pydantic", "pydantic-core", "prometheus_client", "river", "scikit-learn")
 
 
-def _cpuinfo() -> dict[str, str]:
+def cpu_info() -> dict[str, str]:
     info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -29,7 +29,7 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
-def _memory_gib() -> float | None:
+def memory_gib() -> float | None:
     try:
         match = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
         return round(int(match.group(1)) / 2**20, 1) if match else None
@@ -45,7 +45,7 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def machine(repo: Path) -> dict[str, Any]:
-    cpu = _cpuinfo()
+    cpu = cpu_info()
     versions = {}
     for name in _PACKAGES:
         try:
@@ -59,7 +59,7 @@ def machine(repo: Path) -> dict[str, Any]:
         "cpu_mhz": cpu.get("cpu MHz"),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gib": _memory_gib(),
+        "memory_gib": memory_gib(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -70,7 +70,8 @@ def machine(repo: Path) -> dict[str, Any]:
     }
 
 
-def _f(x: Any, digits: int = 0) -> str:
+def number_text(x: Any, digits: int = 0) -> str:
+    """A figure for a table: thousands separated, ``digits`` decimals for floats, n/a for None."""
     if x is None:
         return "n/a"
     if isinstance(x, float):
@@ -97,22 +98,22 @@ def render(r: dict[str, Any]) -> str:
            "| what | measured | target | |", "| --- | --- | --- | --- |"]
     t = r["targets"]
     out += [
-        f"| end-to-end throughput, one core | {_f(s['events_per_cpu_s'])} events per CPU second ({_f(s['events_per_s'])} per wall second) | >= 200,000 | {_target(t['throughput'])} |",
+        f"| end-to-end throughput, one core | {number_text(s['events_per_cpu_s'])} events per CPU second ({number_text(s['events_per_s'])} per wall second) | >= 200,000 | {_target(t['throughput'])} |",
         f"| streammon / river loop (baseline A) | {e['ratio_median']:.2f}x (median of {len(e['rounds'])} slices; {e['ratio_overall']:.2f}x overall; {e['ratio_wall_median']:.2f}x on wall time) | >= 2x | {_target(t['vs_river'])} |",
         f"| streammon / river loop without sliding quantiles (A lite) | {e['ratio_lite_median']:.2f}x (median of slices; {e['ratio_lite_overall']:.2f}x overall) | >= 2x | {_target(t['vs_river_lite'])} |",
         f"| scrape, ~100 series | {r['scrape']['hundred_series']['exposition_ms']:.2f} ms for the text exposition, {r['scrape']['hundred_series']['collect_ms']:.2f} ms to collect ({r['scrape']['hundred_series']['samples']} samples: {r['scrape']['hundred_series']['config']}) | < 5 ms | {_target(t['scrape_100'])} |",
         f"| scrape flat in events processed | {r['scrape']['growth_text']} | flat | {_target(t['scrape_flat'])} |",
-        f"| bytes per pending prediction at {_f(r['memory']['n'])} | {r['memory']['store']['tracemalloc']['bytes_per_entry']:.0f} B (with the id string) | <= 200 B | {_target(t['memory'])} |",
+        f"| bytes per pending prediction at {number_text(r['memory']['n'])} | {r['memory']['store']['tracemalloc']['bytes_per_entry']:.0f} B (with the id string) | <= 200 B | {_target(t['memory'])} |",
         "", "### 1-3. Throughput, side by side", "",
         f"Stream: {e['stream']}. Batches of {e['batch']} messages; events = predictions + feedback. "
         f"Metric set: {e['metric_set']}.", "",
         "Events per CPU second (time.process_time) is the per-core figure: other work shares this machine's "
         "two cores, so wall time also counts time spent waiting for a core.", "",
         "| engine | events/s (CPU time) | events/s (wall) | streammon is faster by (CPU) |", "| --- | --- | --- | --- |",
-        f"| streammon `Monitor.process` (JSON bytes) | {_f(s['events_per_cpu_s'])} | {_f(s['events_per_s'])} | |",
-        f"| A: river objects in a Python loop | {_f(a['events_per_cpu_s'])} | {_f(a['events_per_s'])} | {s['events_per_cpu_s'] / a['events_per_cpu_s']:.2f}x |",
-        f"| A lite: the same without the sliding-hour quantiles | {_f(lite['events_per_cpu_s'])} | {_f(lite['events_per_s'])} | {s['events_per_cpu_s'] / lite['events_per_cpu_s']:.2f}x |",
-        f"| B: naive recompute every {b['publish_every_s']:.0f} s of event time (first {_f(b['events'])} events) | {_f(b['events_per_cpu_s'])} | {_f(b['events_per_s'])} | {s['events_per_cpu_s'] / b['events_per_cpu_s']:.2f}x |",
+        f"| streammon `Monitor.process` (JSON bytes) | {number_text(s['events_per_cpu_s'])} | {number_text(s['events_per_s'])} | |",
+        f"| A: river objects in a Python loop | {number_text(a['events_per_cpu_s'])} | {number_text(a['events_per_s'])} | {s['events_per_cpu_s'] / a['events_per_cpu_s']:.2f}x |",
+        f"| A lite: the same without the sliding-hour quantiles | {number_text(lite['events_per_cpu_s'])} | {number_text(lite['events_per_s'])} | {s['events_per_cpu_s'] / lite['events_per_cpu_s']:.2f}x |",
+        f"| B: naive recompute every {b['publish_every_s']:.0f} s of event time (first {number_text(b['events'])} events) | {number_text(b['events_per_cpu_s'])} | {number_text(b['events_per_s'])} | {s['events_per_cpu_s'] / b['events_per_cpu_s']:.2f}x |",
         "", "Time in the cyclic GC (wall, each engine in its own process): " + ", ".join(
             f"{k} {e[k]['gc_seconds']:.1f} s of {e[k]['seconds']:.1f} s ({100 * e[k]['gc_seconds'] / e[k]['seconds']:.0f} %)"
             for k in ("streammon", "river_loop", "river_loop_lite")) + ".",
@@ -123,13 +124,13 @@ def render(r: dict[str, Any]) -> str:
         "swings hit all alike. Ratios are streammon / A and streammon / A lite:", "",
         "| slice | events | streammon events/CPU s | A | A lite | ratio A | ratio A lite | ratio A, wall |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    out += [f"| {i + 1} | {_f(x['events'])} | {_f(x['streammon'])} | {_f(x['river_loop'])} | {_f(x['river_loop_lite'])} | "
+    out += [f"| {i + 1} | {number_text(x['events'])} | {number_text(x['streammon'])} | {number_text(x['river_loop'])} | {number_text(x['river_loop_lite'])} | "
             f"{x['ratio']:.2f}x | {x['ratio_lite']:.2f}x | {x['ratio_wall']:.2f}x |" for i, x in enumerate(e["rounds"])]
-    out += ["", f"Baseline B publish time as state grows ({b['publishes']} publishes, {_f(b['events'])} events in "
+    out += ["", f"Baseline B publish time as state grows ({b['publishes']} publishes, {number_text(b['events'])} events in "
                 f"{b['seconds']:.0f} s; slope {b['ms_per_100k_pairs']:.1f} ms per 100k pairs held, so "
                 f"{b['projected_publish_s_at_1e7_pairs']:.1f} s per publish at 1e7 pairs):", "",
             "| pairs held | predictions held | publish ms |", "| --- | --- | --- |"]
-    out += [f"| {_f(p)} | {_f(q)} | {ms:.1f} |" for p, q, ms in b["publish_samples"]]
+    out += [f"| {number_text(p)} | {number_text(q)} | {ms:.1f} |" for p, q, ms in b["publish_samples"]]
     sc = r["scrape"]
     out += ["", "### 4. Scrape time", "",
             f"`collect` = `list()` of every family's samples from `monitor.registry.collect()`; `exposition` = "
@@ -137,13 +138,13 @@ def render(r: dict[str, Any]) -> str:
             "| events processed | samples | collect ms | exposition ms | note |", "| --- | --- | --- | --- | --- |"]
     for x in sc["by_events"]:
         if "skipped" in x:
-            out.append(f"| {_f(x['events'])} | | | | not run: {x['skipped']} |")
+            out.append(f"| {number_text(x['events'])} | | | | not run: {x['skipped']} |")
         else:
-            out.append(f"| {_f(x['events'])} | {x['samples']} | {x['collect_ms']:.2f} | {x['exposition_ms']:.2f} | {x.get('note', '')} |")
+            out.append(f"| {number_text(x['events'])} | {x['samples']} | {x['collect_ms']:.2f} | {x['exposition_ms']:.2f} | {x.get('note', '')} |")
     out += ["", "| segment values | samples | collect ms | exposition ms | us per sample |", "| --- | --- | --- | --- | --- |"]
     out += [f"| {x['segment_values']} | {x['samples']} | {x['collect_ms']:.2f} | {x['exposition_ms']:.2f} | {1000 * x['collect_ms'] / x['samples']:.1f} |" for x in sc["by_series"]]
     mem = r["memory"]
-    out += ["", f"### 5. Memory per pending prediction ({_f(mem['n'])} pending, ids: {mem['ids']})", "",
+    out += ["", f"### 5. Memory per pending prediction ({number_text(mem['n'])} pending, ids: {mem['ids']})", "",
             "| store | tracemalloc B/entry | without the id string | tracemalloc peak B/entry | RSS delta B/entry |",
             "| --- | --- | --- | --- | --- |"]
     for key, label in (("store", "`streammon.memory_store.MemoryJoinStore`"), ("dict", "plain `dict` id -> (ts, code, prediction, score)")):
@@ -151,21 +152,21 @@ def render(r: dict[str, Any]) -> str:
         out.append(f"| {label} | {x['tracemalloc']['bytes_per_entry']:.0f} | {x['tracemalloc']['bytes_per_entry'] - mem['id_bytes']:.0f} | "
                    f"{x['tracemalloc']['peak_bytes_per_entry']:.0f} | {x['rss']['bytes_per_entry']:.0f} |")
     p = r["profile"]
-    out += ["", f"### 6. Profile (cProfile, {_f(p['events'])} events, {p['seconds']:.1f} s under the profiler)", "",
+    out += ["", f"### 6. Profile (cProfile, {number_text(p['events'])} events, {p['seconds']:.1f} s under the profiler)", "",
             "Own time by module:", "", "| module | own s | share |", "| --- | --- | --- |"]
     out += [f"| `{x['module']}` | {x['tottime']:.2f} | {100 * x['share']:.0f} % |" for x in p["by_module"][:12]]
     out += ["", "Top functions by own time:", "", "| function | calls | own s | cumulative s |", "| --- | --- | --- | --- |"]
-    out += [f"| `{x['function']}` | {_f(x['calls'])} | {x['tottime']:.2f} | {x['cumtime']:.2f} |" for x in p["by_tottime"][:15]]
+    out += [f"| `{x['function']}` | {number_text(x['calls'])} | {x['tottime']:.2f} | {x['cumtime']:.2f} |" for x in p["by_tottime"][:15]]
     out += ["", "Top streammon functions by cumulative time:", "", "| function | calls | own s | cumulative s |", "| --- | --- | --- | --- |"]
-    out += [f"| `{x['function']}` | {_f(x['calls'])} | {x['tottime']:.2f} | {x['cumtime']:.2f} |"
+    out += [f"| `{x['function']}` | {number_text(x['calls'])} | {x['tottime']:.2f} | {x['cumtime']:.2f} |"
             for x in [x for x in p["by_cumtime"] if x["function"].startswith("streammon/")][:12]]
     out += ["", "Full lists (by own and by cumulative time) are in `bench/results/engine.json`.", ""]
     d = r["decode"]
-    out += [f"### 7. Decode floor ({_f(d['events'])} prediction messages, CPU time, best of 3)", "",
+    out += [f"### 7. Decode floor ({number_text(d['events'])} prediction messages, CPU time, best of 3)", "",
             "Each way decodes a batch of 4096 at a time, holding it as the engine does; the last column is the "
             "same with the cyclic GC off, so the difference is what the GC charges for the objects a way creates.", "",
             "| way | us per event | events per CPU second | us per event, GC off |", "| --- | --- | --- | --- |"]
-    out += [f"| {k} | {v['us_per_event']:.2f} | {_f(v['events_per_s'])} | {v['us_per_event_without_gc']:.2f} |"
+    out += [f"| {k} | {v['us_per_event']:.2f} | {number_text(v['events_per_s'])} | {v['us_per_event_without_gc']:.2f} |"
             for k, v in d["ways"].items()]
     out += ["", END]
     return "\n".join(out)

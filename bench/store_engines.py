@@ -779,9 +779,9 @@ def child_memory(n: int, batches: int) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from report import _cpuinfo, _memory_gib  # the house helpers (no git from there)
+    from report import cpu_info, memory_gib  # the house helpers (no git from there)
 
-    cpu = _cpuinfo()
+    cpu = cpu_info()
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: no index refresh
     git = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True, env=env).stdout  # noqa: E731
     dev = subprocess.run(["df", "--output=source,fstype", "/tmp"], capture_output=True, text=True).stdout.split("\n")[1].split()
@@ -814,7 +814,7 @@ def machine() -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu_model": cpu.get("model name", platform.processor() or "unknown"), "cpu_mhz": cpu.get("cpu MHz"),
-        "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)), "memory_gib": _memory_gib(),
+        "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)), "memory_gib": memory_gib(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "kernel": platform.release(),
         "platform": platform.platform(), "python": platform.python_version(), "disk": disk,
         "tmp_free_gib_at_start": round(free.free / 2**30, 1), "damon_reclaim": reclaim,
@@ -844,11 +844,8 @@ def crash_and_recover(engine: str, path: Path, n: int, run_s: float) -> dict[str
 
 
 def fmt(x: Any, digits: int = 2) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, float):
-        return f"{x:,.{digits}f}"
-    return f"{x:,}" if isinstance(x, int) else str(x)
+    from report import number_text
+    return number_text(x, digits)
 
 
 def mib(x: int | None) -> str:
