@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .disk_table import IndexedTable, column, decode, encode, id_hash
+from .disk_table import IndexedTable, decode, encode, id_hash
 from .errors import CheckpointError
 from .join import JoinCounts, Joined, OneEventAtATime, as_stored
 from .state_dir import storage_error
@@ -60,13 +60,17 @@ class DiskJoinStore(OneEventAtATime):
         opts.set_memtable_prefix_bloom_ratio(0.1)
         opts.set_memtable_whole_key_filtering(True)
         try:
-            self.db = Rdict(str(self.path), opts)
+            # Every column family named at open and created there if missing: RocksDB creates them in one
+            # step, so a worker killed on its first start never leaves a store that cannot be opened.
+            opts.create_missing_column_families(True)
+            names = [*IndexedTable.columns("pred"), *IndexedTable.columns("early"), "meta"]
+            self.db = Rdict(str(self.path), opts, column_families={name: opts for name in names})
         except Exception as exc:
             raise CheckpointError(f"cannot open the join store at {self.path}: {exc}; check the state directory, "
                                   f"or move it away to start afresh") from exc
-        self._pred = IndexedTable(self.db, "pred", opts)
-        self._early = IndexedTable(self.db, "early", opts)
-        self._meta = column(self.db, "meta", opts)
+        self._pred = IndexedTable(self.db, "pred")
+        self._early = IndexedTable(self.db, "early")
+        self._meta = self.db.get_column_family("meta")
         self._meta_handle = self.db.get_column_family_handle("meta")
         self._fetched: tuple[dict, dict] = ({}, {})  # the store's records read for the batch in progress
         self._closed_early: int | None = None

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["IndexedTable", "id_hash", "time_key", "column", "encode", "decode"]
+__all__ = ["IndexedTable", "id_hash", "time_key", "encode", "decode"]
 
 encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder().decode
@@ -39,11 +39,14 @@ class IndexedTable:
     A record is a list ``[ts, seq, *payload]``. ``get`` sees the changes since the last commit first.
     """
 
-    def __init__(self, db: Any, name: str, opts: Any) -> None:
-        self.main = column(db, name, opts)
-        self.by_time = column(db, name + "_time", opts)
-        self.by_seq = column(db, name + "_seq", opts)
-        self.handles = [db.get_column_family_handle(n) for n in (name, name + "_time", name + "_seq")]
+    @staticmethod
+    def columns(name: str) -> tuple[str, str, str]:
+        """The column families of a table: its records, its time index, its arrival index."""
+        return name, name + "_time", name + "_seq"
+
+    def __init__(self, db: Any, name: str) -> None:
+        self.main, self.by_time, self.by_seq = (db.get_column_family(n) for n in self.columns(name))
+        self.handles = [db.get_column_family_handle(n) for n in self.columns(name)]
         self.overlay: dict[bytes, list | None] = {}  # id hash -> record, or None once deleted
         self.stale: list[tuple[bytes, bytes]] = []  # (time key, seq key) of records deleted since the commit
         self.heap: list[tuple[float, int, bytes]] = []  # (ts, seq, hash) of records created since the commit
@@ -152,10 +155,3 @@ class IndexedTable:
         floor = self.time_floor
         self.heap = [e for e in self.heap if time_key(e[0]) + e[2] < floor]
         heapq.heapify(self.heap)
-
-
-def column(db: Any, name: str, opts: Any) -> Any:
-    try:
-        return db.get_column_family(name)
-    except Exception:  # noqa: BLE001 - rocksdict raises a bare exception for a missing column family
-        return db.create_column_family(name, opts)
