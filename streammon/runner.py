@@ -77,8 +77,9 @@ class StateSet(Protocol):
     # Where whole batches are timed; None when each engine times its own (a single worker).
     batch_health: Health | None
 
-    def state_of(self, partition: int) -> PartitionState:
-        """The state the records of input partition ``partition`` go to; SourceError if none here."""
+    def split(self, batch: Sequence[Message]) -> list[tuple[PartitionState, list[Message]]]:
+        """The batch by the state its records go to, each in the order they came; SourceError for a
+        partition not held here."""
 
     def publish(self, states: Sequence[PartitionState] | None = None) -> None:
         """Make the states' results visible beyond this process (scaled out: the partials files)."""
@@ -92,8 +93,8 @@ class SingleState:
         self.states: dict[Any, PartitionState] = {None: self.state}
         self.batch_health: Health | None = None
 
-    def state_of(self, partition: int) -> PartitionState:
-        return self.state
+    def split(self, batch: Sequence[Message]) -> list[tuple[PartitionState, list[Message]]]:
+        return [(self.state, list(batch))] if batch else []  # no per-record work: one state holds them all
 
     def publish(self, states: Sequence[PartitionState] | None = None) -> None:
         pass  # a single worker's own /metrics reads its engine
@@ -275,15 +276,7 @@ class Runner:
 
     def process(self, batch: Sequence[Message]) -> None:
         started = time.perf_counter()
-        # Each state gets its records in the order they came (a single worker: the whole batch as it is).
-        by_state: dict[int, tuple[PartitionState, list[Message]]] = {}
-        for msg in batch:
-            state = self.states.state_of(msg.partition)
-            entry = by_state.get(id(state))
-            if entry is None:
-                entry = by_state[id(state)] = (state, [])
-            entry[1].append(msg)
-        for state, messages in by_state.values():
+        for state, messages in self.states.split(batch):
             self.pipeline.process(state.engine, messages)
             state.offsets.update(next_offsets(messages))
             state.unsaved = state.unpublished = True

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..align import EventTimeAligner
 from ..checkpoint import Checkpointer
+from ..connectors.base import Message
 from ..engine import Health
 from ..errors import CheckpointError, RegistrationError, SourceError
 from ..pipeline import Pipeline
@@ -55,7 +56,13 @@ class PartitionWorker:
         return self.states
 
     # -- the StateSet protocol ------------------------------------------------------------------
-    def state_of(self, partition: int) -> PartitionState:
+    def split(self, batch: Sequence[Message]) -> list[tuple[PartitionState, list[Message]]]:
+        by_partition: dict[int, list[Message]] = {}
+        for msg in batch:
+            by_partition.setdefault(msg.partition, []).append(msg)
+        return [(self._owned(number), messages) for number, messages in by_partition.items()]
+
+    def _owned(self, partition: int) -> PartitionState:
         state = self.states.get(partition)
         if state is None:
             # The consumer hands out only partitions the group assigned, after the listener has
