@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .disk_table import IndexedTable, decode, encode, id_hash
+from .disk_table import IndexedTable, decode, encode, id_hashes
 from .errors import CheckpointError
 from .join import JoinCounts, Joined, OneEventAtATime, as_stored
 from .state_dir import storage_error
@@ -68,11 +68,10 @@ class DiskJoinStore(OneEventAtATime):
         except Exception as exc:
             raise CheckpointError(f"cannot open the join store at {self.path}: {exc}; check the state directory, "
                                   f"or move it away to start afresh") from exc
-        self._pred = IndexedTable(self.db, "pred")
+        self._pred = IndexedTable(self.db, "pred", tag_at=3)  # [ts, seq, code, state, score, prediction]
         self._early = IndexedTable(self.db, "early")
         self._meta = self.db.get_column_family("meta")
         self._meta_handle = self.db.get_column_family_handle("meta")
-        self._fetched: tuple[dict, dict] = ({}, {})  # the store's records read for the batch in progress
         self._closed_early: int | None = None
         self.counts = JoinCounts()
         self._pending = 0
@@ -114,7 +113,6 @@ class DiskJoinStore(OneEventAtATime):
             raise storage_error("write the join store", self.path, OSError(str(exc))) from exc
         self._pred.committed()
         self._early.committed()
-        self._fetched = ({}, {})  # read before the commit: the store has moved on
 
     def meta(self, key: bytes) -> bytes | None:
         """What the last :meth:`commit` wrote under ``key``."""
@@ -155,11 +153,10 @@ class DiskJoinStore(OneEventAtATime):
                                   f"monitor anew and run it with the same state directory: it resumes from the store")
         out = Joined([], [], [], [], [], [], [], [])
         accepted, at, pred_ts, fb_ts, pair_code, y_true, y_pred, pair_score = out
-        hashes = [id_hash(i) for i in ids]
+        hashes = id_hashes(list(ids))
         pred, early = self._pred, self._early
         fetched_pred = pred.prefetch(hashes)
         fetched_early = early.prefetch(hashes) if early.count else {}
-        self._fetched = (fetched_pred, fetched_early)
         counts = self.counts
         fttl, pttl, remember = self.feedback_ttl, self.prediction_ttl, self.remember_joined
         for i, is_pred in enumerate(is_prediction):
@@ -175,7 +172,7 @@ class DiskJoinStore(OneEventAtATime):
                 accepted.append(True)
                 fb = early.get(h, fetched_early) if early.count else None
                 if fb is not None:
-                    early.delete(h, fb)
+                    early.delete(h, fb[0], fb[1])
                     if fb[0] >= now - pttl:
                         counts.joined += 1
                         if remember:
@@ -215,7 +212,7 @@ class DiskJoinStore(OneEventAtATime):
                     if remember:
                         pred.update(h, [record[0], record[1], record[2], _JOINED, None, None])
                     else:
-                        pred.delete(h, record)
+                        pred.delete(h, record[0], record[1])
                     continue
             accepted.append(self._wait_early(h, ts, values[i], now, fetched_early))
         return out
@@ -225,13 +222,13 @@ class DiskJoinStore(OneEventAtATime):
         if self._pred.count >= self.max_pending:
             self._expire_predictions(now)
             if self._pred.count >= self.max_pending:
-                oldest = self._pred.oldest(self._fetched[0])
+                oldest = self._pred.oldest()
                 if oldest is not None:
                     h, record = oldest
                     if record[3] == _PENDING:
                         self.counts.evicted_predictions += 1
                         self._pending -= 1
-                    self._pred.delete(h, record)
+                    self._pred.delete(h, record[0], record[1])
 
     def _wait_early(self, h: bytes, ts: float, label: Any, now: float, fetched: Mapping[bytes, list | None]) -> bool:
         early = self._early
@@ -240,36 +237,37 @@ class DiskJoinStore(OneEventAtATime):
             if waiting[0] >= now - self.prediction_ttl:
                 self.counts.duplicate_feedback += 1
                 return False
-            early.delete(h, waiting)
+            early.delete(h, waiting[0], waiting[1])
             self.counts.expired_feedback += 1
         if early.count >= self.max_pending:
             self._expire_feedback(now)
             if early.count >= self.max_pending:
-                oldest = early.oldest(fetched)
+                oldest = early.oldest()
                 if oldest is not None:
-                    early.delete(*oldest)
+                    early.delete(oldest[0], oldest[1][0], oldest[1][1])
                     self.counts.evicted_feedback += 1
         early.put_new(h, ts, [label])
         return True
 
     def _expire_prediction(self, h: bytes, record: list) -> None:
-        if record[3] == _PENDING:
+        self._expired_prediction(h, record[0], record[1], record[3])
+
+    def _expired_prediction(self, h: bytes, ts: float, seq: int, state: int) -> None:
+        if state == _PENDING:
             self.counts.expired_predictions += 1
             self._pending -= 1
-        self._pred.delete(h, record)
+        self._pred.delete(h, ts, seq)
 
     def expire(self, now: float) -> None:
         self._expire_predictions(now)
         self._expire_feedback(now)
 
     def _expire_predictions(self, now: float) -> None:
-        fetched = self._fetched[0]
-        for h, record in list(self._pred.expired(now - self.feedback_ttl, fetched)):
-            self._expire_prediction(h, record)
+        for h, ts, seq, state in list(self._pred.expired(now - self.feedback_ttl)):
+            self._expired_prediction(h, ts, seq, state)
 
     def _expire_feedback(self, now: float) -> None:
-        fetched = self._fetched[1]
-        gone = list(self._early.expired(now - self.prediction_ttl, fetched))
-        for h, record in gone:
-            self._early.delete(h, record)
+        gone = list(self._early.expired(now - self.prediction_ttl))
+        for h, ts, seq, _ in gone:
+            self._early.delete(h, ts, seq)
         self.counts.expired_feedback += len(gone)

@@ -2,29 +2,36 @@
 
 The building block of :class:`streammon.disk_store.DiskJoinStore`: expiry reads the time index from
 the oldest entry up to the horizon (O(expired)), eviction reads the arrival index from the oldest.
+A time index entry carries the record's arrival number and tag (its state), so expiry never reads
+the records themselves.
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import struct
-from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgspec
+import numpy as np
 
-__all__ = ["IndexedTable", "id_hash", "time_key", "encode", "decode"]
+__all__ = ["IndexedTable", "id_hash", "id_hashes", "time_key", "encode", "decode"]
 
 encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder().decode
 _pack_d, _pack_q = struct.Struct(">d").pack, struct.Struct(">Q").pack
+_index_value = struct.Struct(">Qb")
 _SIGN = 1 << 63
 
 
 def id_hash(id: str) -> bytes:
     return hashlib.blake2b(id.encode(), digest_size=16).digest()
+
+
+def id_hashes(ids: list[str]) -> list[bytes]:
+    blake2b = hashlib.blake2b
+    return [blake2b(i.encode(), digest_size=16).digest() for i in ids]
 
 
 def time_key(ts: float) -> bytes:
@@ -33,10 +40,25 @@ def time_key(ts: float) -> bytes:
     return _pack_q(bits ^ 0xFFFFFFFFFFFFFFFF if bits & _SIGN else bits | _SIGN)
 
 
+def _key_time(key: bytes) -> float:
+    """The float whose :func:`time_key` starts ``key``."""
+    (bits,) = struct.unpack(">Q", key[:8])
+    return struct.unpack(">d", _pack_q(bits ^ _SIGN if bits & _SIGN else bits ^ 0xFFFFFFFFFFFFFFFF))[0]
+
+
+def _time_keys(ts: list[float]) -> list[bytes]:
+    """:func:`time_key` of many at once."""
+    bits = np.asarray(ts, dtype=np.float64).view(np.uint64)
+    flipped = np.where(bits >> np.uint64(63), ~bits, bits | np.uint64(_SIGN)).astype(">u8").tobytes()
+    return [flipped[i:i + 8] for i in range(0, len(flipped), 8)]
+
+
 class IndexedTable:
     """One keyed table with a time index (expiry) and an arrival index (eviction), changes held until commit.
 
-    A record is a list ``[ts, seq, *payload]``. ``get`` sees the changes since the last commit first.
+    A record is a list ``[ts, seq, *payload]``; ``record[tag_at]`` (a small int, e.g. a state) is kept in
+    the time index too, so expiry knows it without reading the record. ``get`` sees the changes since
+    the last commit first. Writes are sorted by key at the commit: RocksDB inserts sorted keys ~3x faster.
     """
 
     @staticmethod
@@ -44,21 +66,25 @@ class IndexedTable:
         """The column families of a table: its records, its time index, its arrival index."""
         return name, name + "_time", name + "_seq"
 
-    def __init__(self, db: Any, name: str) -> None:
+    def __init__(self, db: Any, name: str, *, tag_at: int | None = None) -> None:
         self.main, self.by_time, self.by_seq = (db.get_column_family(n) for n in self.columns(name))
         self.handles = [db.get_column_family_handle(n) for n in self.columns(name)]
+        self.tag_at = tag_at
         self.overlay: dict[bytes, list | None] = {}  # id hash -> record, or None once deleted
         self.stale: list[tuple[bytes, bytes]] = []  # (time key, seq key) of records deleted since the commit
-        self.heap: list[tuple[float, int, bytes]] = []  # (ts, seq, hash) of records created since the commit
-        self.arrivals: deque[tuple[int, bytes]] = deque()  # (seq, hash) created since the commit, in order
+        self.created: list[tuple[float, int, bytes]] = []  # (ts, seq, hash) created since the commit, in order
+        self.created_min = float("inf")  # no record in `created` is older
+        self.created_from = 0  # entries of `created` before this one were evicted
         self.time_floor = b""  # time keys below it in the store were handled (deleted at the next commit)
         self.seq_floor = b""
+        self._lowest_new: bytes | None = None
         self.count = 0
         self.next_seq = 0
         self.committed_seq = 0  # records numbered from here on were created since the last commit
 
     def prefetch(self, hashes: list[bytes]) -> dict[bytes, list | None]:
-        missing = [h for h in hashes if h not in self.overlay]
+        overlay = self.overlay
+        missing = [h for h in hashes if h not in overlay] if overlay else hashes
         if not missing:
             return {}
         return {h: None if raw is None else decode(raw) for h, raw in zip(missing, self.main.get(missing))}
@@ -71,87 +97,136 @@ class IndexedTable:
         raw = self.main.get(h)
         return None if raw is None else decode(raw)
 
-    def put_new(self, h: bytes, ts: float, payload: list) -> list:
+    def put_new(self, h: bytes, ts: float, payload: list) -> None:
         seq = self.next_seq
         self.next_seq += 1
-        record = [ts, seq, *payload]
-        self.overlay[h] = record
-        heapq.heappush(self.heap, (ts, seq, h))
-        self.arrivals.append((seq, h))
+        self.overlay[h] = [ts, seq, *payload]
+        self.created.append((ts, seq, h))
+        if ts < self.created_min:
+            self.created_min = ts
         self.count += 1
-        return record
 
     def update(self, h: bytes, record: list) -> None:
         self.overlay[h] = record
 
-    def delete(self, h: bytes, record: list) -> None:
+    def delete(self, h: bytes, ts: float, seq: int) -> None:
         self.overlay[h] = None
-        self.stale.append((time_key(record[0]) + h, _pack_q(record[1]) + h))
+        if seq < self.committed_seq:  # in the store's indexes: their keys go at the commit
+            self.stale.append((time_key(ts) + h, _pack_q(seq) + h))
         self.count -= 1
 
-    def expired(self, horizon: float, fetched: Mapping[bytes, list | None]) -> Iterator[tuple[bytes, list]]:
-        """Every live record with ts < ``horizon`` (the caller deletes each), oldest first: O(expired)."""
+    def _tag(self, record: list) -> int:
+        return 0 if self.tag_at is None else record[self.tag_at]
+
+    def expired(self, horizon: float) -> Iterator[tuple[bytes, float, int, int]]:
+        """``(hash, ts, seq, tag)`` of every live record with ts < ``horizon``, oldest first in the store and
+        then those created since the commit; the caller deletes each. O(expired)."""
         bound = time_key(horizon)
         it = self.by_time.iter()
         it.seek(self.time_floor)
+        overlay = self.overlay
         while it.valid():
             key = it.key()
             if key >= bound:
                 break
             self.time_floor = key + b"\x00"
             h = key[8:]
-            record = self.get(h, fetched)
-            # A record created since the commit is the heap's, even if it has this time and id.
-            if record is not None and record[1] < self.committed_seq and time_key(record[0]) == key[:8]:
-                yield h, record
+            value = it.value()
+            if len(value) != _index_value.size:  # written before index entries carried seq and tag
+                record = self.get(h, {})
+                seq, tag = (-1, 0) if record is None else (record[1], self._tag(record))
+            else:
+                seq, tag = _index_value.unpack(value)
+            if h in overlay:
+                record = overlay[h]
+                # Deleted, or deleted and created anew since the commit: this key is stale.
+                if record is None or record[1] != seq:
+                    it.next()
+                    continue
+                tag = self._tag(record)
+            if seq >= 0:
+                yield h, _key_time(key), seq, tag
             it.next()
-        heap = self.heap
-        while heap and heap[0][0] < horizon:
-            _, seq, h = heapq.heappop(heap)
-            record = self.overlay.get(h)
-            if record is not None and record[1] == seq:
-                yield h, record
+        if self.created_min < horizon:
+            keep, gone, low = [], [], float("inf")
+            for entry in self.created[self.created_from:]:
+                record = overlay.get(entry[2])
+                if record is None or record[1] != entry[1]:
+                    continue  # deleted since
+                if entry[0] < horizon:
+                    gone.append((entry, self._tag(record)))
+                else:
+                    keep.append(entry)
+                    low = min(low, entry[0])
+            self.created, self.created_from, self.created_min = keep, 0, low
+            for (ts, seq, h), tag in sorted(gone):
+                yield h, ts, seq, tag
 
-    def oldest(self, fetched: Mapping[bytes, list | None]) -> tuple[bytes, list] | None:
+    def oldest(self) -> tuple[bytes, list] | None:
         """The live record that arrived first."""
         it = self.by_seq.iter()
         it.seek(self.seq_floor)
+        overlay = self.overlay
         while it.valid():
             key = it.key()
             self.seq_floor = key + b"\x00"
             h = key[8:]
-            record = self.get(h, fetched)
-            if record is not None and _pack_q(record[1]) == key[:8]:
-                return h, record
+            (seq,) = struct.unpack(">Q", key[:8])
+            if h in overlay:
+                record = overlay[h]
+                if record is not None and record[1] == seq:
+                    return h, record
+            else:
+                raw = self.main.get(h)  # eviction only: rare
+                if raw is not None:
+                    return h, decode(raw)
             it.next()
-        while self.arrivals:
-            seq, h = self.arrivals.popleft()
-            record = self.overlay.get(h)
+        created = self.created
+        while self.created_from < len(created):
+            _, seq, h = created[self.created_from]
+            self.created_from += 1
+            record = overlay.get(h)
             if record is not None and record[1] == seq:
                 return h, record
         return None
 
     def write(self, batch: Any) -> None:
+        """Every change since the last commit into ``batch``."""
         main, by_time, by_seq = self.handles
+        committed_seq, tag_at = self.committed_seq, self.tag_at
+        # One pass over the changes, in the order they were made: Python objects are read where they
+        # were allocated, and the index keys come nearly in order (arrival and time order), which RocksDB
+        # inserts fastest. A record created since the commit gets every index; one changed since gets its
+        # time index entry rewritten with its new tag; one deleted loses its keys (`stale`).
         for time_k, seq_k in self.stale:
             batch.delete(time_k, by_time)
             batch.delete(seq_k, by_seq)
+        live = []
         for h, record in self.overlay.items():
             if record is None:
                 batch.delete(h, main)
             else:
                 batch.put(h, encode(record), main)
-                if record[1] >= self.committed_seq:  # created since the commit: an updated one is indexed already
-                    batch.put(time_key(record[0]) + h, b"", by_time)
-                    batch.put(_pack_q(record[1]) + h, b"", by_seq)
+                live.append(record)
+        pack, lowest = _index_value.pack, None
+        for (h, record), tk in zip(((h, r) for h, r in self.overlay.items() if r is not None),
+                                   _time_keys([r[0] for r in live])):
+            seq = record[1]
+            key = tk + h
+            batch.put(key, pack(seq, 0 if tag_at is None else record[tag_at]), by_time)
+            if seq >= committed_seq:
+                batch.put(_pack_q(seq) + h, b"", by_seq)
+                if lowest is None or key < lowest:
+                    lowest = key
+        self._lowest_new = lowest  # see committed()
 
     def committed(self) -> None:
+        # What was created since the last commit is in the time index now, some of it perhaps below the
+        # floor an expiry sweep starts from: lower the floor to it (below, only deleted keys were left).
+        if self._lowest_new is not None:
+            self.time_floor = min(self.time_floor, self._lowest_new)
+            self._lowest_new = None
         self.committed_seq = self.next_seq
         self.overlay.clear()
         self.stale.clear()
-        self.arrivals.clear()
-        # Records created since the last commit are in the time index now, except those below the
-        # floor, which an expiry sweep of the store would no longer reach: they stay in the heap.
-        floor = self.time_floor
-        self.heap = [e for e in self.heap if time_key(e[0]) + e[2] < floor]
-        heapq.heapify(self.heap)
+        self.created, self.created_from, self.created_min = [], 0, float("inf")
