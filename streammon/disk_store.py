@@ -26,7 +26,7 @@ from typing import Any
 from .disk_table import IndexedTable, decode, encode, id_hashes
 from .errors import CheckpointError
 from .join import JoinCounts, Joined, OneEventAtATime, as_stored
-from .state_dir import storage_error
+from .state_dir import engine_storage_error
 
 __all__ = ["DiskJoinStore", "CACHE_BYTES"]
 
@@ -66,8 +66,7 @@ class DiskJoinStore(OneEventAtATime):
             names = [*IndexedTable.columns("pred"), *IndexedTable.columns("early"), "meta"]
             self.db = Rdict(str(self.path), opts, column_families={name: opts for name in names})
         except Exception as exc:
-            raise CheckpointError(f"cannot open the join store at {self.path}: {exc}; check the state directory, "
-                                  f"or move it away to start afresh") from exc
+            raise engine_storage_error("open the join store at", self.path, exc) from exc
         self._pred = IndexedTable(self.db, "pred", tag_at=3)  # [ts, seq, code, state, score, prediction]
         self._early = IndexedTable(self.db, "early")
         self._meta = self.db.get_column_family("meta")
@@ -110,7 +109,7 @@ class DiskJoinStore(OneEventAtATime):
         try:
             self.db.write(batch, options)
         except Exception as exc:
-            raise storage_error("write the join store", self.path, OSError(str(exc))) from exc
+            raise engine_storage_error("write the join store at", self.path, exc) from exc
         self._pred.committed()
         self._early.committed()
 

@@ -152,7 +152,7 @@ class Monitor:
     def run(self, source: Source, *, state_dir: str | None = None, checkpoint_interval: float = 5.0,
             max_records: int | None = None, poll_timeout: float = 0.5, until: Callable[[], bool] | None = None,
             publish_interval: float = 1.0, background_checkpoints: bool = True, max_idle: float = 0.5,
-            join_store: Literal["memory", "disk"] = "memory") -> None:
+            join_store: Literal["auto", "memory", "disk"] = "auto") -> None:
         """Consume ``source`` until it is exhausted, ``until()`` is true, or :meth:`stop` is called.
 
         A Kafka source is read aligned by event time: both topics are processed in one order that
@@ -164,9 +164,10 @@ class Monitor:
         seconds (and at a clean stop), and a restart resumes from the last checkpoint: a worker killed
         at any moment counts every event exactly once (see docs/kafka.md). Snapshots are written by a
         forked child while this process goes on (``background_checkpoints``, where the OS can fork),
-        and offsets are committed once the snapshot is on disk. ``join_store="disk"`` keeps the join in
-        RocksDB in ``state_dir`` instead, and a checkpoint writes only what changed, with the offsets, in
-        one synced batch (a single worker; docs/kafka.md, "The disk-backed join store").
+        and offsets are committed once the snapshot is on disk. A single worker with a ``state_dir``
+        keeps the join in RocksDB there (``join_store="auto"``, the default; ``"disk"`` forces it), and a
+        checkpoint writes only what changed, with the offsets, in one synced batch; ``"memory"`` keeps
+        the join in RAM, snapshotted whole (docs/kafka.md, "The disk-backed join store").
 
         A source shared by a group of workers (``KafkaSource(..., scale_out=True)``) keeps state per
         partition in ``state_dir`` (which every worker must share) and writes each partition's

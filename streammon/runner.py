@@ -200,6 +200,21 @@ class CheckpointCoordinator:
         self.source.commit(offsets)
 
 
+def _join_on_disk(choice: str, checkpointer: Checkpointer | None, engine: Engine) -> bool:
+    """Whether a single worker keeps its join on disk. ``"auto"``: yes with a state directory, unless it holds a
+    snapshot of the in-memory store (a directory from before the disk store was the default keeps its state)
+    or the monitor has processed events in memory already."""
+    if choice != "auto":
+        return choice == "disk"
+    if checkpointer is None or engine.stream_time > float("-inf"):
+        return False
+    if checkpointer.path.exists() and not checkpointer.layout.join_store().exists():
+        log.info("%s holds a snapshot of the in-memory join store: the join stays in memory (--join-store disk "
+                 "in a new state directory keeps it on disk)", checkpointer.directory)
+        return False
+    return True
+
+
 def aligner_for(source: Source, max_idle: float) -> EventTimeAligner | None:
     """An aligner for ``source`` if it can be read aligned by event time (a Kafka source), else None."""
     if not can_align(source):
@@ -223,7 +238,8 @@ class Runner:
                stop: Callable[[], bool]) -> Runner:
         """A worker reading every partition into ``engine``, resumed from ``options.state_dir``'s snapshot if any."""
         checkpointer = Checkpointer(options.state_dir) if options.state_dir else None
-        if options.join_store == "disk":
+        before = engine.store
+        if _join_on_disk(options.join_store, checkpointer, engine):
             if checkpointer is None:
                 raise RegistrationError("join_store='disk' keeps the join in the state directory: give state_dir= "
                                         "(--state-dir DIR), or use join_store='memory'")
@@ -236,6 +252,7 @@ class Runner:
             states.restore(pipeline, source)
         except BaseException:
             states.close()
+            engine.store = before  # a run refused at start leaves the monitor as it was
             raise
         coordinator = CheckpointCoordinator(pipeline, source, states, interval=options.checkpoint_interval,
                                             background=options.background_checkpoints)

@@ -46,4 +46,4 @@ class RunOptions(BaseModel):
     publish_interval: float = Field(1.0, ge=0)
     background_checkpoints: bool = True
     max_idle: float = Field(0.5, ge=0)
-    join_store: Literal["memory", "disk"] = "memory"
+    join_store: Literal["auto", "memory", "disk"] = "auto"

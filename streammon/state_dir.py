@@ -45,6 +45,16 @@ def storage_error(action: str, path: str | os.PathLike, exc: OSError) -> Checkpo
     return CheckpointError(f"cannot {action} {os.fspath(path)}: {detail}; {fix}")
 
 
+def engine_storage_error(action: str, path: str | os.PathLike, exc: Exception) -> CheckpointError:
+    """An error from the storage engine (RocksDB), which gives only text: the OS's reason is found in it."""
+    text = str(exc)
+    for code in _FIXES:
+        if os.strerror(code) in text:
+            return CheckpointError(f"cannot {action} {os.fspath(path)}: {text}; {_FIXES[code]}")
+    return CheckpointError(f"cannot {action} {os.fspath(path)}: {text}; check the state directory, or move it "
+                           f"away to start afresh")
+
+
 def state_directory(directory: str | os.PathLike) -> Path:
     """Create ``directory`` if needed and prove it writable, so a bad one stops a worker before it reads anything."""
     path = Path(directory)
@@ -103,7 +113,7 @@ class StateDirectory:
                                   f"scale-out (--scale-out), or give this worker another --state-dir")
 
     def require_partitioned(self) -> None:
-        if self.snapshot().exists():
+        if self.snapshot().exists() or self.join_store().exists():
             raise CheckpointError(f"{self.path} holds a single worker's snapshot; a scaled-out group keeps state per "
                                   f"partition: give it another --state-dir, or run without scale-out")
 

@@ -226,11 +226,13 @@ def test_offsets_are_committed_only_once_their_snapshot_is_on_disk(tmp_path, bac
     reference.replay(events)
     source = _CommitChecking(events, tmp_path / "snapshot.pkl", lambda: time.sleep(0.002))
     worker = build(batch_size=64)
-    worker.run(source, state_dir=str(tmp_path), checkpoint_interval=0.01, background_checkpoints=background)
+    # The snapshot file of the in-memory store; the disk store's commits are checked by the crash tests above
+    worker.run(source, state_dir=str(tmp_path), checkpoint_interval=0.01, background_checkpoints=background,
+               join_store="memory")
     assert source.commits > 5 and source.behind == []
     assert_same(published(worker), published(reference))
     again = build(batch_size=64)  # nothing left to read: the last snapshot holds everything
-    again.run(MemorySource(events), state_dir=str(tmp_path))
+    again.run(MemorySource(events), state_dir=str(tmp_path), join_store="memory")
     assert_same(published(again), published(reference))
 
 
@@ -242,7 +244,8 @@ def test_a_background_snapshot_that_fails_stops_the_worker_with_the_reason(tmp_p
         shutil.rmtree(tmp_path / "state", ignore_errors=True)
         return False
     with pytest.raises(CheckpointError, match=r"cannot write the snapshot .*No such file or directory"):
-        worker.run(MemorySource(stream()), state_dir=str(tmp_path / "state"), checkpoint_interval=0.01, until=gone)
+        worker.run(MemorySource(stream()), state_dir=str(tmp_path / "state"), checkpoint_interval=0.01, until=gone,
+                   join_store="memory")
 
 
 class _HoldsALock:

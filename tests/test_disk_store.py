@@ -98,12 +98,25 @@ def stream(n: int) -> list[dict]:
 def test_the_two_stores_refuse_each_others_state_directory(tmp_path):
     from streammon.errors import CheckpointError
 
-    build().run(MemorySource(stream(50)), state_dir=str(tmp_path / "memory"))
+    build().run(MemorySource(stream(50)), state_dir=str(tmp_path / "memory"), join_store="memory")
     with pytest.raises(CheckpointError, match="--join-store memory"):
         build().run(MemorySource(stream(50)), state_dir=str(tmp_path / "memory"), join_store="disk")
     build().run(MemorySource(stream(50)), state_dir=str(tmp_path / "disk"), join_store="disk")
     with pytest.raises(CheckpointError, match="--join-store disk"):
-        build().run(MemorySource(stream(50)), state_dir=str(tmp_path / "disk"))
+        build().run(MemorySource(stream(50)), state_dir=str(tmp_path / "disk"), join_store="memory")
+
+
+def test_auto_keeps_the_join_on_disk_unless_the_directory_holds_an_in_memory_snapshot(tmp_path):
+    from streammon.state_dir import StateDirectory
+
+    fresh, old = tmp_path / "fresh", tmp_path / "old"
+    build().run(MemorySource(stream(50)), state_dir=str(fresh))  # join_store="auto", the default
+    assert StateDirectory(fresh).join_store().is_dir() and not StateDirectory(fresh).snapshot().exists()
+    build().run(MemorySource(stream(50)), state_dir=str(old), join_store="memory")
+    again = build()
+    again.run(MemorySource(stream(80)), state_dir=str(old))  # auto: resumes the in-memory snapshot, as it was
+    assert StateDirectory(old).snapshot().exists() and not StateDirectory(old).join_store().exists()
+    assert again.value("n") == 80
 
 
 def test_a_store_whose_options_files_lag_its_column_families_still_opens(tmp_path):

@@ -55,13 +55,26 @@ def test_a_snapshot_that_cannot_be_written_ends_run_with_the_reason_and_no_trace
     state_dir = tmp_path / "state"
     result = subprocess.run(
         [sys.executable, "-m", "streammon", "run", APP, "--source", str(events_file(tmp_path)), "--exit-when-done",
-         "--metrics-port", "0", "--state-dir", str(state_dir), "--checkpoint-interval", interval],
+         "--metrics-port", "0", "--state-dir", str(state_dir), "--checkpoint-interval", interval, "--join-store", "memory"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=_limit_file_size)
     assert result.returncode == 1, result.stderr
     assert (f"streammon run: failed: cannot write the snapshot {state_dir / 'snapshot.pkl'}: File too large (EFBIG); "
             f"raise this process's file-size limit (ulimit -f)") in result.stderr
     assert "Traceback" not in result.stderr
     assert list(state_dir.iterdir()) == []  # the half-written temporary file was removed
+
+
+@pytest.mark.slow
+def test_a_join_store_that_cannot_be_written_ends_run_with_the_reason_and_the_fix(tmp_path):
+    state_dir = tmp_path / "state"
+    result = subprocess.run(
+        [sys.executable, "-m", "streammon", "run", APP, "--source", str(events_file(tmp_path)), "--exit-when-done",
+         "--metrics-port", "0", "--state-dir", str(state_dir), "--join-store", "disk"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=_limit_file_size)
+    assert result.returncode == 1, result.stderr
+    assert f"streammon run: failed: cannot open the join store at {state_dir / 'snapshot.join'}: " in result.stderr
+    assert "File too large; raise this process's file-size limit (ulimit -f)" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_background_write_reports_the_childs_reason_once(tmp_path):

@@ -315,9 +315,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-idle", type=float, default=0.5, metavar="SECONDS",
                      help="Kafka: how long an empty partition at the end of its log holds the others back, so both "
                      "topics are processed in event-time order (default 0.5; see docs/kafka.md, Input order)")
-    run.add_argument("--join-store", choices=["memory", "disk"], default="memory",
-                     help="with --state-dir: keep the join in memory, snapshotted whole (default), or on disk in "
-                     "RocksDB, committed in O(changes) (single worker; see docs/kafka.md, Checkpoints)")
+    run.add_argument("--join-store", choices=["auto", "memory", "disk"], default="auto",
+                     help="with --state-dir: keep the join on disk in RocksDB, committed in O(changes), or in memory, "
+                     "snapshotted whole. auto (default): on disk for a single worker, unless the directory holds an "
+                     "in-memory snapshot; in memory for --scale-out (see docs/kafka.md)")
     _add_metrics_security(run)
     run.set_defaults(handler=_run)
 
