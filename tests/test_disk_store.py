@@ -136,3 +136,56 @@ def test_a_store_whose_options_files_lag_its_column_families_still_opens(tmp_pat
         assert again.join([False], ["a"], [2.0], [0], [1], [None], [2.0]).at == [0]
     finally:
         again.close()
+
+
+_COMMITTER = """
+import sys
+from streammon.disk_store import DiskJoinStore
+store = DiskJoinStore(sys.argv[1], feedback_ttl=1e12, prediction_ttl=1e12)
+k, n = int(store.meta(b"k") or 0), int(sys.argv[2])
+while True:
+    ids = [f"{k}-{i}" for i in range(n)]
+    store.join([True] * n, ids, [float(k)] * n, [0] * n, [1] * n, [0.5] * n, [float(k)] * n)
+    print("committing", k, flush=True)
+    store.commit({b"k": str(k + 1).encode()})
+    print("committed", k, flush=True)
+    k += 1
+"""
+
+
+def test_a_kill_during_a_commit_leaves_the_store_as_of_one_commit_or_the_next(tmp_path):
+    # A commit is one synced RocksDB write batch: a worker killed while it writes finds, at restart, every
+    # change of the commit or none, with the matching metadata (the offsets, in a worker).
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, n, mid_commit = tmp_path / "join", 60_000, 0
+    for kill in range(6):
+        child = subprocess.Popen([sys.executable, "-c", _COMMITTER, str(path), str(n)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        lines = [child.stdout.readline() for _ in range(1 + kill % 2 * 2)]  # into the first or second commit
+        assert lines[-1].startswith("committing"), lines
+        time.sleep(random.uniform(0.0, 0.15))  # a commit of this size takes ~0.2-0.4 s here
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        rest = child.stdout.read().split()
+        mid_commit += not rest  # killed before "committed" was printed: inside the write, or just after it
+        store = DiskJoinStore(path, feedback_ttl=1e12, prediction_ttl=1e12)
+        try:
+            k = int(store.meta(b"k") or 0)
+            assert store.pending_predictions == k * n
+            if k:  # the last commit's predictions are there, whole; the next one's are not, at all
+                last = [f"{k - 1}-{i}" for i in range(0, n, 997)]
+                got = store.join([False] * len(last), last, [0.0] * len(last), [0] * len(last), [1] * len(last),
+                                 [None] * len(last), [float(k)] * len(last))
+                assert len(got.at) == len(last)
+            lost = [f"{k}-{i}" for i in range(0, n, 997)]
+            got = store.join([False] * len(lost), lost, [0.0] * len(lost), [0] * len(lost), [1] * len(lost),
+                             [None] * len(lost), [float(k)] * len(lost))
+            assert got.at == []
+        finally:
+            store.close()
+    assert mid_commit >= 1
