@@ -31,6 +31,8 @@ from .state_dir import engine_storage_error
 __all__ = ["DiskJoinStore", "CACHE_BYTES"]
 
 CACHE_BYTES = 256 << 20  # RocksDB block cache per store
+WRITE_BUFFER_BYTES = 128 << 20  # every column family's memtables together
+WAL_BYTES = 256 << 20
 _PENDING, _JOINED = 1, 2
 _FORMAT = 1
 _META_COUNTERS = b"streammon.counters"
@@ -55,7 +57,14 @@ class DiskJoinStore(OneEventAtATime):
         table = BlockBasedOptions()
         table.set_block_cache(Cache(cache_bytes))
         table.set_bloom_filter(10, False)
+        # Filters and indexes live in the cache too (pinned for the newest files), so memory is bounded by
+        # the cache rather than growing with the entries on disk; memtables share one budget, and the
+        # write-ahead log is capped, which bounds the replay at a restart.
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
         opts.set_block_based_table_factory(table)
+        opts.set_db_write_buffer_size(WRITE_BUFFER_BYTES)
+        opts.set_max_total_wal_size(WAL_BYTES)
         # Most lookups miss (a new prediction's id): a bloom filter on the memtable answers those without a search.
         opts.set_memtable_prefix_bloom_ratio(0.1)
         opts.set_memtable_whole_key_filtering(True)
