@@ -32,7 +32,7 @@ __all__ = ["DiskJoinStore", "CACHE_BYTES"]
 
 CACHE_BYTES = 256 << 20  # RocksDB block cache per store
 WRITE_BUFFER_BYTES = 128 << 20  # every column family's memtables together
-WAL_BYTES = 256 << 20
+WAL_BYTES = 64 << 20  # bounds what a restart replays
 _PENDING, _JOINED = 1, 2
 _FORMAT = 1
 _META_COUNTERS = b"streammon.counters"
