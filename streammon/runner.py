@@ -247,6 +247,7 @@ class Runner:
                 raise RegistrationError("join_store='disk' needs a monitor that has not processed events yet")
             checkpointer.layout.require_single()
             engine.store = pipeline.disk_store(checkpointer.layout.join_store())
+            log.info("the join is kept on disk, in %s", checkpointer.layout.join_store())
         states = SingleState(engine, checkpointer)
         try:
             states.restore(pipeline, source)
