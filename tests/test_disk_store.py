@@ -189,3 +189,31 @@ def test_a_kill_during_a_commit_leaves_the_store_as_of_one_commit_or_the_next(tm
         finally:
             store.close()
     assert mid_commit >= 1
+
+
+def test_a_store_written_before_index_entries_carried_their_state_still_expires_right(tmp_path):
+    from rocksdict import Options, Rdict
+
+    path = tmp_path / "join"
+    store = DiskJoinStore(path, feedback_ttl=10.0, prediction_ttl=10.0)
+    for i, ts in enumerate([1.0, 2.0, 3.0]):
+        store.add_prediction(f"p{i}", ts, 0, 1, 0.5, now=ts)
+    assert store.add_feedback("p1", 3.0, 1, now=3.0) is not None  # joined: remembered, expires without counting
+    store.add_prediction("p3", 30.0, 0, 1, 0.5, now=30.0)
+    store.commit()
+    store.close()
+    opts = Options(raw_mode=True)
+    raw = Rdict(str(path), opts, column_families={name: opts for name in Rdict.list_cf(str(path), opts)})
+    index = raw.get_column_family("pred_time")
+    for key in list(index.keys()):
+        index[key] = b""  # as the first format wrote them
+    del index
+    raw.close()
+    store = DiskJoinStore(path, feedback_ttl=10.0, prediction_ttl=10.0)
+    try:
+        store.add_prediction("p0", 31.0, 0, 1, 0.5, now=31.0)  # p0 again: its old entry is replaced, not expired twice
+        store.expire(35.0)
+        assert store.counts.expired_predictions == 2  # p0 (first one, at the re-send), p2; p1 was joined
+        assert store.pending_predictions == 2  # p3 and the new p0
+    finally:
+        store.close()
