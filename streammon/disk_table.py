@@ -16,17 +16,13 @@ from typing import Any
 import msgspec
 import numpy as np
 
-__all__ = ["IndexedTable", "id_hash", "id_hashes", "time_key", "encode", "decode"]
+__all__ = ["IndexedTable", "id_hashes", "time_key", "encode", "decode"]
 
 encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder().decode
 _pack_d, _pack_q = struct.Struct(">d").pack, struct.Struct(">Q").pack
 _index_value = struct.Struct(">Qb")
 _SIGN = 1 << 63
-
-
-def id_hash(id: str) -> bytes:
-    return hashlib.blake2b(id.encode(), digest_size=16).digest()
 
 
 def id_hashes(ids: list[str]) -> list[bytes]:
