@@ -22,8 +22,10 @@ PAIR_METRICS = ("accuracy", "precision", "recall", "f1", "log_loss", "brier_scor
 ENGINES = ("streammon", "river_loop", "river_loop_lite")
 
 
-def new_monitor(name: str = "bench", metrics: str = "realistic") -> sm.Monitor:
-    monitor = sm.Monitor(name, windows=[sm.Cumulative(), sm.Sliding("1h")], segments=["version"])
+def new_monitor(name: str = "bench", metrics: str = "realistic", windows: list | None = None) -> sm.Monitor:
+    """The realistic metric set (or accuracy alone) per version, in ``windows`` (default Cumulative and Sliding('1h'))."""
+    windows = [sm.Cumulative(), sm.Sliding("1h")] if windows is None else windows
+    monitor = sm.Monitor(name, windows=windows, segments=["version"])
     if metrics == "accuracy":
         monitor.track(ops.Accuracy(), name="accuracy")
         return monitor

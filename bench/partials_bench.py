@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kafka_common import ROOT, realistic_monitor, the_stream
 from kafka_report import machine
+from report import replace_section
 
 from streammon.scaleout import dump_partials, write_partials
 
@@ -110,13 +111,7 @@ def main() -> None:
     out.write_text(json.dumps({"machine": meta, **result}, indent=2) + "\n")
     print(f"wrote {out}")
     if not args.quick:
-        text = DOC.read_text()
-        section = f"{BEGIN}\n{render(result, meta)}\n{END}"
-        if BEGIN in text:
-            text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip() + "\n\n## Scale-out: partial aggregates\n\n" + section + "\n"
-        DOC.write_text(text)
+        replace_section(DOC, BEGIN, END, render(result, meta), "Scale-out: partial aggregates")
         print(f"updated {DOC}")
 
 

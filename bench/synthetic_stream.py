@@ -33,14 +33,15 @@ class StreamSpec:
     feedback_share: float = 0.9
     mean_delay: float = 120.0  # seconds from prediction to feedback, exponential
     versions: tuple[str, ...] = ("v1", "v2")  # first one takes 80 % (a canary takes the rest)
+    even: bool = False  # versions share the predictions evenly instead (a series each, all alike)
     seed: int = 20240611
     start: float = 1_700_000_000.0
     chunk: int = 50_000  # predictions generated at a time
 
 
-def _version_weights(n: int) -> np.ndarray:
-    if n == 1:
-        return np.ones(1)
+def _version_weights(n: int, even: bool) -> np.ndarray:
+    if n == 1 or even:
+        return np.full(n, 1.0 / n)
     rest = np.full(n - 1, 0.2 / (n - 1))
     return np.concatenate([[0.8], rest])
 
@@ -49,7 +50,7 @@ def messages(spec: StreamSpec = StreamSpec()) -> Iterator[Message]:
     """An endless stream of messages in arrival order (predictions and feedback interleaved)."""
     rng = np.random.default_rng(spec.seed)
     versions = [v.encode() for v in spec.versions]
-    weights = _version_weights(len(versions))
+    weights = _version_weights(len(versions), spec.even)
     t = spec.start
     carry: list[tuple[float, Message]] = []  # feedback not yet due at the end of the last chunk
     while True:

@@ -177,9 +177,13 @@ class PaneState(WindowState):
         first = math.floor(stream_time / self.window.step) + 1 - self.window.panes
         if first <= self.first_pane:
             return
+        # Every pane before first_pane has gone already, so the stale ones are in [first_pane, first):
+        # looked up one by one when that is the shorter way (the window moved a few steps), so a step
+        # costs O(series) lookups, not a visit of every pane of every series.
+        gap = range(self.first_pane, first)
         self.first_pane = first
         for code, panes in self.panes.items():
-            stale = [p for p in panes if p < first]
+            stale = [p for p in gap if p in panes] if len(gap) <= len(panes) else [p for p in panes if p < first]
             for p in stale:
                 self._evict(code, panes.pop(p))
 

@@ -1,7 +1,8 @@
 """Metric operators: incremental, river-compatible, mostly mergeable sufficient statistics."""
 
 from .base import Capabilities, Mergeable, Operator, Revertible, Statistic, capabilities
-from .classification import F1, ROCAUC, Accuracy, BrierScore, Calibration, LogLoss, Precision, Recall
+from .binned import ROCAUC, Calibration
+from .classification import F1, Accuracy, BrierScore, LogLoss, Precision, Recall
 from .confusion import ConfusionMatrix
 from .distribution import ClassDistribution, LabelDistribution, MeanScore, NullRate
 from .drift import KS, PSI, load_reference

@@ -1,8 +1,8 @@
 """Classification metrics over pairs: exact, mergeable and subtractable sufficient statistics.
 
 Label metrics (``Accuracy``, ``Precision``, ``Recall``, ``F1``) read ``(y_true, y_pred)``; probability
-metrics (``LogLoss``, ``BrierScore``, ``ROCAUC``, ``Calibration``) read ``(y_true, score)``, where
-``score`` is P(``pos_label``) as a float, or a class -> probability map.
+metrics (``LogLoss``, ``BrierScore``, and ``ROCAUC``, ``Calibration`` in ``binned``) read ``(y_true, score)``,
+where ``score`` is P(``pos_label``) as a float, or a class -> probability map.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 
 from .base import Statistic
 from .confusion import ConfusionMatrix
-from .terms import MeanOfTerms, one_row
+from .terms import MeanOfTerms
 
-__all__ = ["Accuracy", "Precision", "Recall", "F1", "LogLoss", "BrierScore", "ROCAUC", "Calibration"]
+__all__ = ["Accuracy", "Precision", "Recall", "F1", "LogLoss", "BrierScore"]
 
 Average = Literal["binary", "macro", "micro", "weighted"]
 _AVERAGES = ("binary", "macro", "micro", "weighted")
@@ -231,196 +231,10 @@ class BrierScore(_ProbabilityMean):
         return (is_pos - p) ** 2
 
 
-class _Binned(Statistic):
-    """Arrays of per-bin sums over (y_true, score); merge adds them, subtract removes them.
+def __getattr__(name: str) -> Any:
+    # The binned operators moved to .binned; pickles written before name them here, so they still load.
+    if name in ("ROCAUC", "Calibration", "_Binned"):
+        from . import binned
 
-    Subclasses name the arrays in ``_fields`` and give a batch's arrays in ``_sums``. Arrays are
-    allocated on first use, so empty clones (one per pane and batch) stay small.
-    """
-
-    of = "score"
-    requires_labels = False
-    _fields: tuple[str, ...] = ()
-
-    def __init__(self, pos_label: Hashable, bins: int) -> None:
-        if int(bins) != bins or bins < 1:
-            raise ValueError(f"bins must be a positive integer, got {bins!r}")
-        self.pos_label = pos_label
-        self.bins = int(bins)
-        for name in self._fields:
-            setattr(self, name, None)
-
-    def _params(self) -> dict[str, Any]:
-        return {"pos_label": self.pos_label, "bins": self.bins}
-
-    def _sums(self, y_true: Any, score: Any) -> tuple[np.ndarray, ...]:
-        raise NotImplementedError
-
-    # The fields are allocated together: all arrays, or all None.
-    def _add(self, sums: tuple[np.ndarray, ...] | tuple[None, ...], sign: int) -> None:
-        if sums[0] is None:
-            return
-        if getattr(self, self._fields[0]) is None:
-            for name, arr in zip(self._fields, sums):
-                setattr(self, name, np.zeros_like(arr))
-        if len(sums[0]) != len(getattr(self, self._fields[0])):
-            raise ValueError(f"cannot combine {type(self).__name__} operators with different bins")
-        for name, arr in zip(self._fields, sums):
-            getattr(self, name)[:] += sign * arr
-
-    def _state(self) -> tuple[np.ndarray, ...] | tuple[None, ...]:
-        return tuple(getattr(self, name) for name in self._fields)
-
-    def update(self, y_true: Any, score: Any) -> None:
-        self._add(self._sums(one_row(y_true), one_row(score)), 1)
-
-    def update_many(self, y_true: Any, score: Any) -> None:
-        self._add(self._sums(y_true, score), 1)
-
-    def revert(self, y_true: Any, score: Any) -> None:
-        self._add(self._sums(one_row(y_true), one_row(score)), -1)
-
-    def merge(self, other: _Binned) -> None:
-        if not self._merge_held(other, 1):
-            self._add(other._state(), 1)
-
-    # A pane sees a few hundred distinct scores out of 10,001 cells: checkpoints and scale-out
-    # partials store the non-zero cells only, ~100x smaller than the dense arrays. A loaded operator
-    # keeps them sparse until it is used, and merging it into another reads the cells as they are,
-    # so an exporter merging thousands of pane partials never builds their dense arrays.
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        held = state.pop("_held", None)
-        if held is not None:  # still as loaded
-            state["_sparse"] = held
-            for name in self._fields:
-                state.pop(name, None)
-            return state
-        first = state.get(self._fields[0]) if self._fields else None
-        if first is not None:
-            used = np.flatnonzero(np.any([state[name] != 0 for name in self._fields], axis=0))
-            if len(used) * 4 < len(first):
-                state["_sparse"] = (len(first), used.astype(np.int32), {n: state.pop(n)[used] for n in self._fields})
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        held = state.pop("_sparse", None)
-        self.__dict__.update(state)
-        if held is not None:
-            self._held = held  # the fields stay unset: __getattr__ builds them on first use
-
-    def __getattr__(self, name: str) -> Any:
-        held = self.__dict__.get("_held")
-        if held is None or name not in type(self)._fields:
-            raise AttributeError(name)
-        del self.__dict__["_held"]
-        size, used, values = held
-        for field_name, vals in values.items():
-            arr = np.zeros(size, dtype=vals.dtype)
-            arr[used] = vals
-            setattr(self, field_name, arr)
-        return getattr(self, name)
-
-    def _merge_held(self, other: _Binned, sign: int) -> bool:
-        held = other.__dict__.get("_held")
-        if held is None:
-            return False
-        size, used, values = held
-        if getattr(self, self._fields[0]) is None:
-            for name, vals in values.items():
-                setattr(self, name, np.zeros(size, dtype=vals.dtype))
-        if size != len(getattr(self, self._fields[0])):
-            raise ValueError(f"cannot combine {type(self).__name__} operators with different bins")
-        for name, vals in values.items():
-            getattr(self, name)[used] += sign * vals
-        return True
-
-    def subtract(self, other: _Binned) -> None:
-        if not self._merge_held(other, -1):
-            self._add(other._state(), -1)
-
-
-class ROCAUC(_Binned):
-    """Area under the ROC curve (binary) from per-class counts over fixed score bins.
-
-    Score ``s`` goes to cell ``round(s * bins)`` (``bins + 1`` cells, centred on the multiples of
-    ``1 / bins``); pairs sharing a cell count as ties (half a concordant pair), as tied scores do in
-    ``sklearn.metrics.roc_auc_score``. Hence::
-
-        |AUC_binned - AUC_exact| <= 0.5 * (positive-negative pairs sharing a cell) / (n_pos * n_neg)
-
-    which :meth:`error_bound` returns for the data seen. The value is exact when every score is a
-    multiple of ``1 / bins``. Memory: two int64 arrays of ``bins + 1`` cells, allocated on first use.
-
-    >>> auc = ROCAUC(); auc.update_many(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])); auc.get()
-    0.75
-    """
-
-    _fields = ("pos", "neg")
-
-    def __init__(self, pos_label: Hashable = 1, bins: int = 10_000) -> None:
-        super().__init__(pos_label, bins)
-
-    def _sums(self, y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
-        is_pos, p = _probabilities(y_true, score, self.pos_label, of_true=False)
-        cells = np.rint(p * self.bins).astype(np.int64)
-        size = self.bins + 1
-        return np.bincount(cells[is_pos], minlength=size), np.bincount(cells[~is_pos], minlength=size)
-
-    def _pairs(self) -> tuple[float, float, float] | None:
-        if self.pos is None:
-            return None
-        pos, neg = self.pos.astype(np.float64), self.neg.astype(np.float64)
-        n_pairs = pos.sum() * neg.sum()
-        if not n_pairs:
-            return None
-        neg_below = np.cumsum(neg) - neg
-        # Elementwise products, not BLAS dot: a 10k-long dot costs milliseconds in thread start-up here.
-        return float((pos * neg_below).sum()), float((pos * neg).sum()), float(n_pairs)
-
-    def get(self) -> float:
-        pairs = self._pairs()
-        if pairs is None:
-            return math.nan
-        concordant, tied, n_pairs = pairs
-        return (concordant + 0.5 * tied) / n_pairs
-
-    def error_bound(self) -> float:
-        """Largest possible distance of :meth:`get` from the exact AUC of the pairs seen."""
-        pairs = self._pairs()
-        return math.nan if pairs is None else 0.5 * pairs[1] / pairs[2]
-
-
-class Calibration(_Binned):
-    """Expected calibration error (binary) over ``bins`` equal-width bins of P(``pos_label``).
-
-    ``ECE = sum_b (n_b / n) * |positives_b / n_b - mean score_b| = sum_b |positives_b - score sum_b| / n``.
-    Bin ``b`` holds scores in ``[edges[b], edges[b + 1])`` with ``edges = np.linspace(0, 1, bins + 1)``;
-    the last bin also holds 1.
-
-    >>> c = Calibration(); c.update_many(np.array([1, 0, 1]), np.array([0.95, 0.05, 0.55])); round(c.get(), 6)
-    0.183333
-    """
-
-    _fields = ("count", "positives", "score_sum")
-
-    def __init__(self, pos_label: Hashable = 1, bins: int = 10) -> None:
-        super().__init__(pos_label, bins)
-        self.edges = np.linspace(0.0, 1.0, self.bins + 1)
-
-    def _sums(self, y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        is_pos, p = _probabilities(y_true, score, self.pos_label, of_true=False)
-        b = np.searchsorted(self.edges[1:-1], p, side="right")
-        return (np.bincount(b, minlength=self.bins), np.bincount(b[is_pos], minlength=self.bins),
-                np.bincount(b, weights=p, minlength=self.bins))
-
-    def _add(self, sums, sign: int) -> None:
-        super()._add(sums, sign)
-        if self.count is not None:
-            self.score_sum[self.count == 0] = 0.0  # drop the rounding left by subtracting floats
-
-    def get(self) -> float:
-        n = 0 if self.count is None else int(self.count.sum())
-        if not n:
-            return math.nan
-        return float(np.abs(self.positives - self.score_sum).sum() / n)
+        return getattr(binned, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .base import Statistic
+from .counts import add_counts, owned
 from .sketch import present_numbers
 
 __all__ = ["PSI", "KS", "load_reference"]
@@ -66,20 +67,27 @@ class _Drift(Statistic):
     def clone(self) -> _Drift:
         # The fitted reference is immutable and shared; only the counts are new.
         fresh = copy.copy(self)
-        fresh.counts = np.zeros_like(self.counts)
+        fresh.counts = np.zeros(self.counts.shape, dtype=np.int8)  # widened as they grow
         return fresh
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.counts = owned(self.counts)
+
+    def _add(self, counts: np.ndarray, sign: int) -> None:
+        self.counts, _ = add_counts(self.counts, slice(None), counts.astype(np.int64) * sign)
 
     def _batch(self, xs: Any) -> np.ndarray:
         return np.bincount(self._cells(present_numbers(xs)), minlength=len(self.counts))
 
     def update(self, x: Any) -> None:
-        self.counts += self._batch([x])
+        self._add(self._batch([x]), 1)
 
     def update_many(self, xs: Any) -> None:
-        self.counts += self._batch(xs)
+        self._add(self._batch(xs), 1)
 
     def revert(self, x: Any) -> None:
-        self.counts -= self._batch([x])
+        self._add(self._batch([x]), -1)
 
     def _check(self, other: _Drift) -> None:
         if type(other) is not type(self) or other.counts.shape != self.counts.shape:
@@ -87,11 +95,11 @@ class _Drift(Statistic):
 
     def merge(self, other: _Drift) -> None:
         self._check(other)
-        self.counts += other.counts
+        self._add(other.counts, 1)
 
     def subtract(self, other: _Drift) -> None:
         self._check(other)
-        self.counts -= other.counts
+        self._add(other.counts, -1)
 
     @property
     def n(self) -> int:
@@ -124,7 +132,7 @@ class PSI(_Drift):
         self.eps = float(eps)
         self.edges = np.unique(np.quantile(ref, np.linspace(0.0, 1.0, self.bins + 1)[1:-1]))
         self.expected = np.bincount(self._cells(ref), minlength=len(self.edges) + 1) / len(ref)
-        self.counts = np.zeros(len(self.edges) + 1, dtype=np.int64)
+        self.counts = np.zeros(len(self.edges) + 1, dtype=np.int8)  # widened as they grow
 
     def _params(self) -> dict[str, Any]:
         return {"of": self.of, "bins": self.bins, "eps": self.eps}
@@ -155,7 +163,7 @@ class KS(_Drift):
 
     ``error_bound`` is 0 (the value equals ``scipy.stats.ks_2samp(window, reference).statistic``)
     when every distinct reference value is a cut, and about ``1 / cut_points`` otherwise.
-    Memory: ``2 * cuts + 1`` int64 counts per window pane.
+    Memory: ``2 * cuts + 1`` counts per window pane, a byte each while they stay below 128.
 
     >>> ks = KS([1.0, 2.0, 3.0, 4.0]); ks.update_many(np.array([3.0, 4.0, 5.0, 6.0])); ks.get()
     0.5
@@ -176,7 +184,7 @@ class KS(_Drift):
         self.ref_at = at / len(ref)  # F_reference(cut)
         self.ref_below = below / len(ref)  # F_reference just below the cut
         self.error_bound = float(((below[1:] - at[:-1]) / len(ref)).max(initial=0.0))
-        self.counts = np.zeros(2 * len(cuts) + 1, dtype=np.int64)
+        self.counts = np.zeros(2 * len(cuts) + 1, dtype=np.int8)  # widened as they grow
 
     def _params(self) -> dict[str, Any]:
         return {"of": self.of, "cut_points": self.cut_points}

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .base import Statistic
+from .counts import add_counts, owned
 
 __all__ = ["QuantileSketch", "Quantiles", "FeedbackDelay"]
 
@@ -41,23 +42,28 @@ def present_numbers(xs: Any) -> np.ndarray:
 
 
 class _Store:
-    """Counts per bucket index in a dense array that starts at ``offset`` and grows as needed."""
+    """Counts per bucket index in a dense array that starts at ``offset`` and grows as needed; each count
+    in the narrowest integer type they all fit (one byte in a sliding window's pane, widened as they grow)."""
 
     __slots__ = ("offset", "counts")
 
     def __init__(self) -> None:
         self.offset = 0
-        self.counts = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros(0, dtype=np.int8)
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        _, slots = state  # what pickle gives a class with __slots__
+        self.offset, self.counts = slots["offset"], owned(slots["counts"])
 
     def _cover(self, lo: int, hi: int) -> None:
         if not len(self.counts):
-            self.offset, self.counts = lo, np.zeros(hi - lo + 1, dtype=np.int64)
+            self.offset, self.counts = lo, np.zeros(hi - lo + 1, dtype=self.counts.dtype)
             return
         old_lo, old_hi = self.offset, self.offset + len(self.counts) - 1
         if lo >= old_lo and hi <= old_hi:
             return
         new_lo, new_hi = min(lo, old_lo), max(hi, old_hi)
-        grown = np.zeros(new_hi - new_lo + 1, dtype=np.int64)
+        grown = np.zeros(new_hi - new_lo + 1, dtype=self.counts.dtype)
         grown[old_lo - new_lo : old_hi - new_lo + 1] = self.counts
         self.offset, self.counts = new_lo, grown
 
@@ -67,7 +73,7 @@ class _Store:
             return
         self._cover(offset, offset + len(counts) - 1)
         start = offset - self.offset
-        self.counts[start : start + len(counts)] += sign * counts
+        self.counts, _ = add_counts(self.counts, slice(start, start + len(counts)), counts.astype(np.int64) * sign)
         if sign < 0:
             self._trim()
 
@@ -75,7 +81,7 @@ class _Store:
         # After removals, shrink to the non-empty range so a window's memory follows its data.
         nonzero = np.flatnonzero(self.counts)
         if not len(nonzero):
-            self.offset, self.counts = 0, np.zeros(0, dtype=np.int64)
+            self.offset, self.counts = 0, np.zeros(0, dtype=self.counts.dtype)
         elif nonzero[0] > 0 or nonzero[-1] < len(self.counts) - 1:
             self.offset += int(nonzero[0])
             self.counts = self.counts[nonzero[0] : nonzero[-1] + 1].copy()
@@ -105,8 +111,9 @@ class QuantileSketch(Statistic):
     Guarantee: ``quantile(q)`` is the representative of the bucket holding the sample's value at
     rank ``floor(q * (n - 1))`` (0-based, in sorted order: ``np.sort(x)[math.floor(q * (n - 1))]``),
     hence ``|estimate - true| <= alpha * |true|`` (up to float rounding of the logarithm).
-    No buckets are set up front; memory is one int64 per bucket between the smallest and largest
-    magnitude seen: about ``ln(max/min) / (2 * alpha)`` buckets (~1,000 for 1e-3..1e6 at alpha=0.01).
+    No buckets are set up front; memory is one count per bucket between the smallest and largest
+    magnitude seen: about ``ln(max/min) / (2 * alpha)`` buckets (~1,000 for 1e-3..1e6 at alpha=0.01),
+    a byte each while the counts stay below 128 (as in a sliding window's pane), wider as they grow.
     None and NaN are missing values and are skipped; inf and non-numbers raise.
 
     >>> s = QuantileSketch(alpha=0.01); s.update_many(np.arange(1.0, 101.0))
