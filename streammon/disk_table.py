@@ -22,6 +22,11 @@ encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder().decode
 _pack_d, _pack_q = struct.Struct(">d").pack, struct.Struct(">Q").pack
 _index_value = struct.Struct(">Qb")
+# The rows a commit writes to the indexes, built in numpy: (time key, hash) -> (seq, tag); (seq, hash) -> b"".
+_INDEX_ROW = np.dtype([("time", ">u8"), ("hash", "V16"), ("seq", ">u8"), ("tag", "i1")])
+_TIME_KEY = np.dtype([("time", ">u8"), ("hash", "V16")])
+_INDEX_VALUE = np.dtype([("seq", ">u8"), ("tag", "i1")])
+_SEQ_KEY = np.dtype([("seq", ">u8"), ("hash", "V16")])
 _SIGN = 1 << 63
 
 
@@ -42,10 +47,15 @@ def _key_time(key: bytes) -> float:
     return struct.unpack(">d", _pack_q(bits ^ _SIGN if bits & _SIGN else bits ^ 0xFFFFFFFFFFFFFFFF))[0]
 
 
+def _time_key_bytes(ts: list[float]) -> bytes:
+    """:func:`time_key` of many at once, concatenated."""
+    bits = np.asarray(ts, dtype=np.float64).view(np.uint64)
+    return np.where(bits >> np.uint64(63), ~bits, bits | np.uint64(_SIGN)).astype(">u8").tobytes()
+
+
 def _time_keys(ts: list[float]) -> list[bytes]:
     """:func:`time_key` of many at once."""
-    bits = np.asarray(ts, dtype=np.float64).view(np.uint64)
-    flipped = np.where(bits >> np.uint64(63), ~bits, bits | np.uint64(_SIGN)).astype(">u8").tobytes()
+    flipped = _time_key_bytes(ts)
     return [flipped[i:i + 8] for i in range(0, len(flipped), 8)]
 
 
@@ -190,32 +200,52 @@ class IndexedTable:
     def write(self, batch: Any) -> None:
         """Every change since the last commit into ``batch``."""
         main, by_time, by_seq = self.handles
-        committed_seq, tag_at = self.committed_seq, self.tag_at
-        # One pass over the changes, in the order they were made: Python objects are read where they
-        # were allocated, and the index keys come nearly in order (arrival and time order), which RocksDB
-        # inserts fastest. A record created since the commit gets every index; one changed since gets its
-        # time index entry rewritten with its new tag; one deleted loses its keys (`stale`).
-        for time_k, seq_k in self.stale:
+        # A record created since the commit gets every index; one changed since gets its time index entry
+        # rewritten with its new tag; one deleted loses its keys (`stale`).
+        for time_k, seq_k in self.stale:  # before the puts: a key deleted here may be written anew below
             batch.delete(time_k, by_time)
             batch.delete(seq_k, by_seq)
-        live = []
-        for h, record in self.overlay.items():
-            if record is None:
-                batch.delete(h, main)
+        self._lowest_new = None
+        if not self.overlay:
+            return
+        # RocksDB inserts keys given in key order ~2.5x faster than in random order, and id hashes are
+        # random: each column family's writes are sorted, in numpy. Python objects are read once, in the
+        # order they were made (where they were allocated); the keys and index values are built as arrays.
+        hashes, records = list(self.overlay), list(self.overlay.values())
+        joined = b"".join(hashes)
+        order = np.frombuffer(joined, dtype=">u8")[::2].argsort()  # the leading 8 bytes order them enough
+        values = [None if r is None else encode(r) for r in records]
+        put, delete = batch.put, batch.delete
+        for i in order.tolist():
+            if values[i] is None:
+                delete(hashes[i], main)
             else:
-                batch.put(h, encode(record), main)
-                live.append(record)
-        pack, lowest = _index_value.pack, None
-        for (h, record), tk in zip(((h, r) for h, r in self.overlay.items() if r is not None),
-                                   _time_keys([r[0] for r in live])):
-            seq = record[1]
-            key = tk + h
-            batch.put(key, pack(seq, 0 if tag_at is None else record[tag_at]), by_time)
-            if seq >= committed_seq:
-                batch.put(_pack_q(seq) + h, b"", by_seq)
-                if lowest is None or key < lowest:
-                    lowest = key
-        self._lowest_new = lowest  # see committed()
+                put(hashes[i], values[i], main)
+        live = [i for i, r in enumerate(records) if r is not None]
+        if not live:
+            return
+        rows = [r for r in records if r is not None]
+        tag_at = self.tag_at
+        index = np.empty(len(rows), dtype=_INDEX_ROW)
+        bits = np.array([r[0] for r in rows], dtype=np.float64).view(np.uint64)
+        index["time"] = np.where(bits >> np.uint64(63), ~bits, bits | np.uint64(_SIGN))  # as time_key
+        index["hash"] = np.frombuffer(joined, dtype="V16")[live]
+        index["seq"] = [r[1] for r in rows]
+        index["tag"] = 0 if tag_at is None else [r[tag_at] for r in rows]
+        by_key = index[np.argsort(index["time"], kind="stable")]
+        keys = by_key[["time", "hash"]].astype(_TIME_KEY).tobytes()
+        marks = by_key[["seq", "tag"]].astype(_INDEX_VALUE).tobytes()
+        kw, vw = _TIME_KEY.itemsize, _INDEX_VALUE.itemsize
+        for k in range(len(by_key)):
+            put(keys[kw * k:kw * k + kw], marks[vw * k:vw * k + vw], by_time)
+        new = index[index["seq"] >= self.committed_seq]
+        if len(new):
+            new = new[np.argsort(new["seq"], kind="stable")]
+            seq_keys = new[["seq", "hash"]].astype(_SEQ_KEY).tobytes()
+            sw = _SEQ_KEY.itemsize
+            for k in range(len(new)):
+                put(seq_keys[sw * k:sw * k + sw], b"", by_seq)
+            self._lowest_new = np.asarray(new["time"].min(), dtype=">u8").tobytes()  # see committed()
 
     def committed(self) -> None:
         # What was created since the last commit is in the time index now, some of it perhaps below the
