@@ -271,11 +271,11 @@ class DiskJoinStore(OneEventAtATime):
         self._expire_feedback(now)
 
     def _expire_predictions(self, now: float) -> None:
-        for h, ts, seq, state in list(self._pred.expired(now - self.feedback_ttl)):
-            self._expired_prediction(h, ts, seq, state)
+        states = self._pred.expire(now - self.feedback_ttl)
+        if states:
+            pending = states.count(_PENDING)
+            self.counts.expired_predictions += pending
+            self._pending -= pending
 
     def _expire_feedback(self, now: float) -> None:
-        gone = list(self._early.expired(now - self.prediction_ttl))
-        for h, ts, seq, _ in gone:
-            self._early.delete(h, ts, seq)
-        self.counts.expired_feedback += len(gone)
+        self.counts.expired_feedback += len(self._early.expire(now - self.prediction_ttl))

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 import numpy as np
 
-__all__ = ["IndexedTable", "id_hashes", "time_key", "encode", "decode"]
+__all__ = ["IndexedTable", "id_hashes", "time_key", "time_key_ints", "encode", "decode"]
 
 encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder().decode
@@ -41,22 +41,10 @@ def time_key(ts: float) -> bytes:
     return _pack_q(bits ^ 0xFFFFFFFFFFFFFFFF if bits & _SIGN else bits | _SIGN)
 
 
-def _key_time(key: bytes) -> float:
-    """The float whose :func:`time_key` starts ``key``."""
-    (bits,) = struct.unpack(">Q", key[:8])
-    return struct.unpack(">d", _pack_q(bits ^ _SIGN if bits & _SIGN else bits ^ 0xFFFFFFFFFFFFFFFF))[0]
-
-
-def _time_key_bytes(ts: list[float]) -> bytes:
-    """:func:`time_key` of many at once, concatenated."""
+def time_key_ints(ts: list[float]) -> np.ndarray:
+    """:func:`time_key` of many at once, as unsigned integers (``>u8`` bytes of each are its key)."""
     bits = np.asarray(ts, dtype=np.float64).view(np.uint64)
-    return np.where(bits >> np.uint64(63), ~bits, bits | np.uint64(_SIGN)).astype(">u8").tobytes()
-
-
-def _time_keys(ts: list[float]) -> list[bytes]:
-    """:func:`time_key` of many at once."""
-    flipped = _time_key_bytes(ts)
-    return [flipped[i:i + 8] for i in range(0, len(flipped), 8)]
+    return np.where(bits >> np.uint64(63), ~bits, bits | np.uint64(_SIGN))
 
 
 class IndexedTable:
@@ -124,38 +112,43 @@ class IndexedTable:
     def _tag(self, record: list) -> int:
         return 0 if self.tag_at is None else record[self.tag_at]
 
-    def expired(self, horizon: float) -> Iterator[tuple[bytes, float, int, int]]:
-        """``(hash, ts, seq, tag)`` of every live record with ts < ``horizon``, oldest first in the store and
-        then those created since the commit; the caller deletes each. O(expired)."""
+    def expire(self, horizon: float) -> list[int]:
+        """Delete every live record with ts < ``horizon``, in O(expired): those in the store, oldest first,
+        then those created since the commit. Returns their tags, in that order."""
+        from rocksdict import ReadOptions
+
+        tags: list[int] = []
         bound = time_key(horizon)
-        it = self.by_time.iter()
-        it.seek(self.time_floor)
-        overlay = self.overlay
-        while it.valid():
-            key = it.key()
-            if key >= bound:
-                break
-            self.time_floor = key + b"\x00"
-            h = key[8:]
-            value = it.value()
-            if len(value) != _index_value.size:  # written before index entries carried seq and tag
-                raw = self.main.get(h)  # the committed record this key was written for
-                record = None if raw is None else decode(raw)
-                seq, tag = (-1, 0) if record is None else (record[1], self._tag(record))
-            else:
-                seq, tag = _index_value.unpack(value)
-            if h in overlay:
-                record = overlay[h]
-                # Deleted, or deleted and created anew since the commit: this key is stale.
-                if record is None or record[1] != seq:
-                    it.next()
-                    continue
-                tag = self._tag(record)
-            if seq >= 0:
-                yield h, _key_time(key), seq, tag
-            it.next()
+        if self.time_floor < bound:
+            bounded = ReadOptions()
+            bounded.set_iterate_upper_bound(bound)
+            overlay, stale, tag_at = self.overlay, self.stale, self.tag_at
+            unpack, size = _index_value.unpack, _index_value.size
+            for key, value in self.by_time.items(from_key=self.time_floor, read_opt=bounded):
+                h = key[8:]
+                if len(value) != size:  # written before index entries carried seq and tag
+                    raw = self.main.get(h)  # the committed record this key was written for
+                    if raw is None:
+                        continue
+                    record = decode(raw)
+                    seq, tag = record[1], self._tag(record)
+                else:
+                    seq, tag = unpack(value)
+                if h in overlay:
+                    record = overlay[h]
+                    # Deleted, or deleted and created anew since the commit: this key is stale.
+                    if record is None or record[1] != seq:
+                        continue
+                    if tag_at is not None:
+                        tag = record[tag_at]
+                overlay[h] = None
+                stale.append((key, _pack_q(seq) + h))  # the record was committed: its keys go at the next commit
+                tags.append(tag)
+            self.count -= len(tags)
+            self.time_floor = bound
         if self.created_min < horizon:
             keep, gone, low = [], [], float("inf")
+            overlay = self.overlay
             for entry in self.created[self.created_from:]:
                 record = overlay.get(entry[2])
                 if record is None or record[1] != entry[1]:
@@ -166,8 +159,11 @@ class IndexedTable:
                     keep.append(entry)
                     low = min(low, entry[0])
             self.created, self.created_from, self.created_min = keep, 0, low
-            for (ts, seq, h), tag in sorted(gone):
-                yield h, ts, seq, tag
+            for (_, _, h), tag in sorted(gone):
+                overlay[h] = None  # created since the commit: in no index of the store yet
+                tags.append(tag)
+            self.count -= len(gone)
+        return tags
 
     def oldest(self) -> tuple[bytes, list] | None:
         """The live record that arrived first."""
@@ -227,8 +223,7 @@ class IndexedTable:
         rows = [r for r in records if r is not None]
         tag_at = self.tag_at
         index = np.empty(len(rows), dtype=_INDEX_ROW)
-        bits = np.array([r[0] for r in rows], dtype=np.float64).view(np.uint64)
-        index["time"] = np.where(bits >> np.uint64(63), ~bits, bits | np.uint64(_SIGN))  # as time_key
+        index["time"] = time_key_ints([r[0] for r in rows])
         index["hash"] = np.frombuffer(joined, dtype="V16")[live]
         index["seq"] = [r[1] for r in rows]
         index["tag"] = 0 if tag_at is None else [r[tag_at] for r in rows]
