@@ -8,7 +8,6 @@ import time
 import traceback
 from typing import Any
 
-from baselines import RiverLoop
 from prometheus_client import generate_latest
 from synthetic_stream import StreamSpec, take
 
@@ -111,6 +110,8 @@ def _serve(conn, name: str, msgs: list, stream, repeats: int) -> None:
             monitor = new_monitor()
             engine = monitor.process
         else:
+            from baselines import RiverLoop  # imported when used: river and scikit-learn take ~2 s to load
+
             river = RiverLoop(StreamSpec().rate, {"v1": 0.8, "v2": 0.2}, rolling_quantiles=name == "river_loop")
             engine = river.process
         clock = Clock()

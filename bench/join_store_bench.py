@@ -57,12 +57,19 @@ def run_one(kind: str, size: int, batches: int) -> dict:
 
     started = time.perf_counter()
     t = 0.0
+    fill_curve = []  # (entries, us per prediction over the last tenth of the fill incl. commits, RSS MiB)
+    tenth, mark, marked_at = max(size // 10, BATCH), 0, started
     for _ in range(0, size, BATCH):
         p, i, ts, c, v, s = predictions(BATCH, t)
         t += BATCH
         store.join(p, i, ts, c, v, s, [t] * len(i))
         if commit is not None and made % (25 * BATCH) == 0:
             commit()
+        if made - mark >= tenth:
+            now = time.perf_counter()
+            fill_curve.append((made, round((now - marked_at) / (made - mark) * 1e6, 3),
+                               round((rss_bytes() - rss_before) / 2**20, 1)))
+            mark, marked_at = made, now
     if commit is not None:
         commit()
     fill_s = time.perf_counter() - started
@@ -97,6 +104,7 @@ def run_one(kind: str, size: int, batches: int) -> dict:
         "pending_at_end": store.pending_predictions,
         "rss_mib_filled": round((rss_filled - rss_before) / 2**20, 1),
         "rss_mib_end": round((rss_bytes() - rss_before) / 2**20, 1),
+        "fill_curve": fill_curve,
     }
     if commits:
         out["commit_ms_median"] = round(sorted(c for c, _ in commits)[len(commits) // 2] * 1000, 2)
@@ -121,7 +129,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1e5 and 3e5 entries only")
     parser.add_argument("--one", nargs=3, metavar=("STORE", "SIZE", "BATCHES"), help=argparse.SUPPRESS)
+    parser.add_argument("--large", type=float, metavar="SIZE",
+                        help="the disk store alone at SIZE entries (e.g. 1e8); writes bench/results/join_store_large.json")
     args = parser.parse_args()
+    if args.large:
+        done = subprocess.run([sys.executable, __file__, "--one", "disk", str(int(args.large)), "100"], capture_output=True,
+                              text=True, check=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        print(row)
+        out = ROOT / "bench" / "results" / "join_store_large.json"
+        out.write_text(json.dumps({"command": " ".join(sys.argv), "machine": machine(), "rows": [row]}, indent=2) + "\n")
+        print(f"written to {out.relative_to(ROOT)}")
+        return
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), int(args.one[2]))))
         return
