@@ -47,7 +47,7 @@ class DiskJoinStore(OneEventAtATime):
 
     def __init__(self, path: str | os.PathLike[str], *, feedback_ttl: float, prediction_ttl: float,
                  max_pending: int = 10_000_000, remember_joined: bool = True, cache_bytes: int = CACHE_BYTES) -> None:
-        from rocksdict import BlockBasedOptions, Cache, Options, Rdict
+        from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict
 
         self.path = Path(path)
         self.feedback_ttl, self.prediction_ttl = feedback_ttl, prediction_ttl
@@ -62,6 +62,14 @@ class DiskJoinStore(OneEventAtATime):
         # write-ahead log is capped, which bounds the replay at a restart.
         table.set_cache_index_and_filter_blocks(True)
         table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        # Partitioned: a lookup reads one 4 KiB slice of a file's index and filter, not all of it, so a cache
+        # far smaller than the filters (~1.2 bytes per entry) still serves them (1e7 entries, 32 MiB cache:
+        # 13.7 against 17.1 us per event, side by side).
+        table.set_index_type(BlockBasedIndexType.two_level_index_search())
+        table.set_partition_filters(True)
+        table.set_metadata_block_size(4096)
+        table.set_pin_top_level_index_and_filter(True)
+        table.set_format_version(5)
         opts.set_block_based_table_factory(table)
         opts.set_db_write_buffer_size(WRITE_BUFFER_BYTES)
         opts.set_max_total_wal_size(WAL_BYTES)
