@@ -4,7 +4,7 @@ The realistic metric set (bench/kafka_common.py) is fed the realistic stream spl
 partitions, each through its own engine, as scaled-out workers keep them. Measured, for P in 4, 8,
 16, 32: the size of one partition's partials file and the time to write it (what a worker pays
 every publish interval), the exporter's refresh when every partition changed and when one did
-(read, unpickle, merge: what ``streammon export`` pays every refresh), and a scrape of the merged
+(read, decode, merge: what ``streammon export`` pays every refresh), and a scrape of the merged
 view. Writes bench/results/partials.json and its section of docs/benchmarks.md (``--quick``:
 bench/results/partials_quick.json only). No figure is asserted in any test.
 """
@@ -30,6 +30,34 @@ from streammon.scaleout import dump_partials, write_partials
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- partials:begin -->", "<!-- partials:end -->"
+
+
+def compare_codecs(monitor, engine) -> dict:
+    """One partition's operators as data (what the partials hold) against the same as a pickle (what they held
+    before, format 1): bytes, encode and decode, side by side."""
+    import pickle
+
+    from streammon.scaleout.partials import _window_partials
+    from streammon.snapshot import dumps
+    from streammon.state_codec import decode_state, encode_state
+
+    windows = {t.name: [_window_partials(s) for s in states] for t, states in engine.metrics}
+    template = {t.name: [{0: [(0, t.prototype, 0)]} for _ in t.windows] for t in monitor.metrics}
+    out = {}
+    for name, enc, dec in (("data", encode_state, lambda b: decode_state(b, template)),
+                           ("pickle", lambda w: dumps(w, engine), pickle.loads)):
+        times = {"encode": [], "decode": []}
+        for _ in range(3):
+            started = time.perf_counter()
+            data = enc(windows)
+            times["encode"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            dec(data)
+            times["decode"].append(time.perf_counter() - started)
+        out[f"{name}_kib"] = round(len(data) / 1024, 1)
+        out[f"{name}_encode_ms"] = round(min(times["encode"]) * 1000, 2)
+        out[f"{name}_decode_ms"] = round(min(times["decode"]) * 1000, 2)
+    return out
 
 
 def measure(events: int, partitions: list[int], repeats: int) -> dict:
@@ -62,6 +90,7 @@ def measure(events: int, partitions: list[int], repeats: int) -> dict:
             exporter.refresh()  # noqa: B023
             return time.perf_counter() - started
 
+        codec = compare_codecs(monitor, engines[0])
         exporter_monitor = realistic_monitor()
         exporter = exporter_monitor._exporting(str(directory))  # noqa: SLF001 - what Monitor.export serves from
         all_changed = [refresh(list(range(count)), 10**9 + r) for r in range(repeats)]
@@ -74,7 +103,7 @@ def measure(events: int, partitions: list[int], repeats: int) -> dict:
                      "write_ms_median": round(statistics.median(dumps) * 1000, 2),
                      "refresh_all_ms_median": round(statistics.median(all_changed) * 1000, 1),
                      "refresh_one_ms_median": round(statistics.median(one_changed) * 1000, 1),
-                     "scrape_ms": round(scrape * 1000, 2), "samples": len(samples)})
+                     "scrape_ms": round(scrape * 1000, 2), "samples": len(samples), **codec})
         print(json.dumps(rows[-1]), flush=True)
     return {"events": events, "rows": rows}
 
@@ -96,6 +125,13 @@ def render(result: dict, meta: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['partitions']} | {r['partials_kib_median']:,} KiB | {r['write_ms_median']} ms | "
                      f"{r['refresh_all_ms_median']} ms | {r['refresh_one_ms_median']} ms | {r['scrape_ms']} ms ({r['samples']} samples) |")
+    lines += ["", "A partition's operators as data (`streammon.state_codec`, format 2) against the same operators "
+              "pickled (format 1, before), side by side in the same run (best of 3):", "",
+              "| partitions | data KiB | pickle KiB | data encode ms | pickle encode ms | data decode ms | pickle decode ms |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in result["rows"]:
+        lines.append(f"| {r['partitions']} | {r['data_kib']} | {r['pickle_kib']} | {r['data_encode_ms']} | "
+                     f"{r['pickle_encode_ms']} | {r['data_decode_ms']} | {r['pickle_decode_ms']} |")
     lines += ["", "The exporter merges every partition's panes again at each refresh in which any partition changed, "
               "so its cost grows with partitions x series x panes; the scrape reads the merged view and does not."]
     return "\n".join(lines)

@@ -31,6 +31,8 @@ from .state_dir import engine_storage_error
 __all__ = ["DiskJoinStore", "CACHE_BYTES"]
 
 CACHE_BYTES = 256 << 20  # RocksDB block cache per store
+# A week of feedback for 1e8 predictions a day is 7e8 entries; the cap is a safety net for the disk (~100 GB).
+DEFAULT_MAX_PENDING = 1_000_000_000
 WRITE_BUFFER_BYTES = 128 << 20  # every column family's memtables together
 WAL_BYTES = 64 << 20  # bounds what a restart replays
 _PENDING, _JOINED = 1, 2
@@ -45,8 +47,10 @@ class DiskJoinStore(OneEventAtATime):
     last commit. Settings as :class:`~streammon.memory_store.MemoryJoinStore`'s.
     """
 
+    DEFAULT_MAX_PENDING = DEFAULT_MAX_PENDING
+
     def __init__(self, path: str | os.PathLike[str], *, feedback_ttl: float, prediction_ttl: float,
-                 max_pending: int = 10_000_000, remember_joined: bool = True, cache_bytes: int = CACHE_BYTES) -> None:
+                 max_pending: int = DEFAULT_MAX_PENDING, remember_joined: bool = True, cache_bytes: int = CACHE_BYTES) -> None:
         from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict
 
         self.path = Path(path)

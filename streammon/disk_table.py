@@ -21,6 +21,7 @@ __all__ = ["IndexedTable", "id_hashes", "time_key", "time_key_ints", "encode", "
 encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder().decode
 _pack_d, _pack_q = struct.Struct(">d").pack, struct.Struct(">Q").pack
+_PAST_EVERY_KEY = b"\xff" * 32  # sorts after every time key (8 + 16 bytes)
 _index_value = struct.Struct(">Qb")
 # The rows a commit writes to the indexes, built in numpy: (time key, hash) -> (seq, tag); (seq, hash) -> b"".
 _INDEX_ROW = np.dtype([("time", ">u8"), ("hash", "V16"), ("seq", ">u8"), ("tag", "i1")])
@@ -70,7 +71,9 @@ class IndexedTable:
         self.created_min = float("inf")  # no record in `created` is older
         self.created_from = 0  # entries of `created` before this one were evicted
         self.time_floor = b""  # time keys below it in the store were handled (deleted at the next commit)
+        self.time_next: bytes | None = None  # no committed time key in [time_floor, time_next); None: not known
         self.seq_floor = b""
+        self._seq_iter: Any = None  # eviction's place in the arrival index, until the next commit
         self._lowest_new: bytes | None = None
         self.count = 0
         self.next_seq = 0
@@ -119,7 +122,9 @@ class IndexedTable:
 
         tags: list[int] = []
         bound = time_key(horizon)
-        if self.time_floor < bound:
+        if self.time_floor < bound and self.time_next is not None and bound <= self.time_next:
+            self.time_floor = bound  # nothing committed lies below the horizon: no iterator (eviction asks per event)
+        elif self.time_floor < bound:
             bounded = ReadOptions()
             bounded.set_iterate_upper_bound(bound)
             overlay, stale, tag_at = self.overlay, self.stale, self.tag_at
@@ -146,6 +151,9 @@ class IndexedTable:
                 tags.append(tag)
             self.count -= len(tags)
             self.time_floor = bound
+            after = self.by_time.iter()
+            after.seek(bound)
+            self.time_next = after.key() if after.valid() else _PAST_EVERY_KEY
         if self.created_min < horizon:
             keep, gone, low = [], [], float("inf")
             overlay = self.overlay
@@ -167,11 +175,14 @@ class IndexedTable:
 
     def oldest(self) -> tuple[bytes, list] | None:
         """The live record that arrived first."""
-        it = self.by_seq.iter()
-        it.seek(self.seq_floor)
+        it = self._seq_iter
+        if it is None:  # one iterator per commit interval: evictions come one per new entry once full
+            it = self._seq_iter = self.by_seq.iter()
+            it.seek(self.seq_floor)
         overlay = self.overlay
         while it.valid():
             key = it.key()
+            it.next()
             self.seq_floor = key + b"\x00"
             h = key[8:]
             (seq,) = struct.unpack(">Q", key[:8])
@@ -183,7 +194,6 @@ class IndexedTable:
                 raw = self.main.get(h)  # eviction only: rare
                 if raw is not None:
                     return h, decode(raw)
-            it.next()
         created = self.created
         while self.created_from < len(created):
             _, seq, h = created[self.created_from]
@@ -249,6 +259,7 @@ class IndexedTable:
             self.time_floor = min(self.time_floor, self._lowest_new)
             self._lowest_new = None
         self.committed_seq = self.next_seq
+        self.time_next, self._seq_iter = None, None  # the store changed: both are found again
         self.overlay.clear()
         self.stale.clear()
         self.created, self.created_from, self.created_min = [], 0, float("inf")

@@ -34,7 +34,9 @@ class MemoryJoinStore(OneEventAtATime):
     (10.0, 70.0, 0, 1, 1, 0.9, 'a')
     """
 
-    def __init__(self, *, feedback_ttl: float, prediction_ttl: float, max_pending: int = 10_000_000, remember_joined: bool = True) -> None:
+    DEFAULT_MAX_PENDING = 10_000_000  # ~2 GiB of RAM
+
+    def __init__(self, *, feedback_ttl: float, prediction_ttl: float, max_pending: int = DEFAULT_MAX_PENDING, remember_joined: bool = True) -> None:
         self.feedback_ttl = feedback_ttl
         self.prediction_ttl = prediction_ttl
         self.max_pending = max_pending

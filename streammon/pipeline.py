@@ -62,7 +62,7 @@ class Pipeline:
         """An engine with empty state for ``metrics`` (scaled out, each partition has its own)."""
         s = self.settings
         store = MemoryJoinStore(feedback_ttl=s.feedback_ttl, prediction_ttl=s.prediction_ttl,
-                                max_pending=s.max_pending, remember_joined=s.remember_joined)
+                                max_pending=s.max_pending or MemoryJoinStore.DEFAULT_MAX_PENDING, remember_joined=s.remember_joined)
         engine = Engine(store, SeriesKeys(s.segments, s.max_segment_values))
         for tracked in metrics:
             engine.add_metric(tracked)
@@ -70,16 +70,17 @@ class Pipeline:
 
     def disk_store(self, path: str | os.PathLike[str]) -> JoinStore:
         """A disk-backed join store at ``path`` with the app's settings (opened as of its last commit)."""
-        from .disk_store import DiskJoinStore  # imported late: rocksdict loads RocksDB
+        from .disk_store import DEFAULT_MAX_PENDING, DiskJoinStore  # imported late: rocksdict loads RocksDB
 
         s = self.settings
         return DiskJoinStore(path, feedback_ttl=s.feedback_ttl, prediction_ttl=s.prediction_ttl,
-                             max_pending=s.max_pending, remember_joined=s.remember_joined)
+                             max_pending=s.max_pending or DEFAULT_MAX_PENDING, remember_joined=s.remember_joined)
 
     def configure(self, engine: Engine) -> None:
         """Apply the app's settings to ``engine`` after a restore: a snapshot carries the settings of its day."""
         s = self.settings
-        engine.store.configure(feedback_ttl=s.feedback_ttl, prediction_ttl=s.prediction_ttl, max_pending=s.max_pending)
+        bound: int = s.max_pending or int(getattr(engine.store, "DEFAULT_MAX_PENDING", MemoryJoinStore.DEFAULT_MAX_PENDING))
+        engine.store.configure(feedback_ttl=s.feedback_ttl, prediction_ttl=s.prediction_ttl, max_pending=bound)
         engine.keys.max_values = s.max_segment_values
 
     # -- batches ----------------------------------------------------------------------------

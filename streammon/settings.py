@@ -21,7 +21,8 @@ class MonitorSettings(BaseModel):
     segments: tuple[str, ...] = ()
     feedback_ttl: float = 7 * 86400.0
     prediction_ttl: float = 3600.0
-    max_pending: int = Field(10_000_000, gt=0)
+    # None: the join store's own bound, 1e7 entries in memory (~2 GiB of RAM), 1e9 on disk (~100 GB of disk).
+    max_pending: int | None = Field(None, gt=0)
     max_segment_values: int = Field(100, gt=0)
     remember_joined: bool = True
     batch_size: int = Field(4096, gt=0)

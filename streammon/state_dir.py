@@ -73,8 +73,8 @@ class StateDirectory:
     """The files of a state directory, named in one place.
 
     A single worker keeps ``snapshot.pkl``. A scaled-out group keeps, per partition number ``i``,
-    ``partition-<i>.pkl`` (its checkpoint) and ``partials-<i>.pkl`` (its partial aggregates, read by
-    the exporter). The two layouts never share a directory. With the disk-backed join store
+    ``partition-<i>.pkl`` (its checkpoint) and ``partials-<i>.msgpack`` (its partial aggregates, as
+    data: :mod:`streammon.state_codec`; read by the exporter). The two layouts never share a directory. With the disk-backed join store
     (``--join-store disk``) a single worker keeps ``snapshot.join/`` instead of ``snapshot.pkl``: a
     RocksDB directory whose commits hold the join, the rest of the state and the offsets. Every file is replaced by rename
     (:func:`write_atomically`); its temporary is ``<file>.<pid>.tmp``.
@@ -96,16 +96,22 @@ class StateDirectory:
     def partition_name(number: int) -> str:
         return f"partition-{number}"
 
+    PARTIALS_SUFFIX = ".msgpack"
+
     def partials(self, number: int) -> Path:
-        return self.path / f"partials-{number}.pkl"
+        return self.path / f"partials-{number}{self.PARTIALS_SUFFIX}"
 
     def partials_files(self) -> list[Path]:
+        return sorted(self.path.glob(f"partials-*{self.PARTIALS_SUFFIX}"))
+
+    def pickled_partials_files(self) -> list[Path]:
+        """Partials of streammon before they were data (pickles): never read."""
         return sorted(self.path.glob("partials-*.pkl"))
 
     @staticmethod
     def partials_partition(path: Path) -> str:
         """The partition a partials file is named after (as written: it may not be a number)."""
-        return path.name[len("partials-"):-len(".pkl")]
+        return path.name[len("partials-"):-len(path.suffix)]
 
     def require_single(self) -> None:
         if any(self.path.glob("partition-*.pkl")):

@@ -273,3 +273,17 @@ def test_a_metric_a_checkpoint_cannot_save_is_refused_at_start_by_name(tmp_path)
         monitor.run(MemorySource(events), state_dir=str(tmp_path))
     monitor.run(MemorySource(events))  # without a state directory it runs
     assert monitor.value("locked") == 1
+
+
+@pytest.mark.parametrize("given, memory, disk", [(None, 10_000_000, 1_000_000_000), (5000, 5000, 5000)])
+def test_max_pending_defaults_to_the_stores_own_bound_and_a_given_one_bounds_both(tmp_path, given, memory, disk):
+    kw = {} if given is None else {"max_pending": given}
+    in_memory = build(**kw)
+    in_memory.replay(stream(10))
+    assert in_memory._engine.store.max_pending == memory
+    on_disk = build(**kw)
+    on_disk.run(MemorySource(stream(10)), state_dir=str(tmp_path), join_store="disk")
+    assert type(on_disk._engine.store).__name__ == "DiskJoinStore" and on_disk._engine.store.max_pending == disk
+    again = build(**kw)  # restored: the app's setting, not the one of the day the state was written
+    again.run(MemorySource(stream(10)), state_dir=str(tmp_path), join_store="disk")
+    assert again._engine.store.max_pending == disk

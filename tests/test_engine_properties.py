@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from sklearn.metrics import accuracy_score, recall_score
 
 import streammon as sm
 from streammon import operators as ops
+from streammon.connectors import MemorySource
 from tests.oracle import run_oracle
 
 FEEDBACK_TTL, PREDICTION_TTL = 60.0, 25.0
@@ -167,6 +169,18 @@ def assert_equals_oracle(monitor, events, time_basis="prediction"):
 @given(events=streams(), batch_size=st.sampled_from([1, 3, 17, 4096]))
 def test_every_metric_in_every_window_equals_the_oracle(events, batch_size):
     check_against_oracle(events, batch_size)
+
+
+@pytest.mark.slow
+@settings(max_examples=int(__import__("os").environ.get("PROP_EXAMPLES", 150)) // 3, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(events=streams(), batch_size=st.sampled_from([1, 17, 4096]))
+def test_on_the_disk_store_every_metric_in_every_window_equals_the_oracle(events, batch_size):
+    # The same stream through Monitor.run with the join in RocksDB, committed after every batch.
+    monitor = build_monitor(batch_size)
+    with tempfile.TemporaryDirectory(prefix="streammon-prop-") as state_dir:
+        monitor.run(MemorySource(events), state_dir=state_dir, join_store="disk", checkpoint_interval=0.0)
+        assert type(monitor._engine.store).__name__ == "DiskJoinStore"
+    assert_equals_oracle(monitor, events)
 
 
 @pytest.mark.slow

@@ -217,7 +217,7 @@ def test_a_rewrite_within_one_tick_of_the_file_clock_is_still_read(tmp_path):
     evs = [{"id": f"p{i}", "ts": i, "prediction": 1} for i in range(4)]
     write_partials(tmp_path, 0, _partial(monitor, evs[:3], offset=3, lineage="a"))
     exporter.refresh()
-    path = tmp_path / "partials-0.pkl"
+    path = tmp_path / "partials-0.msgpack"
     first = path.stat()
     write_partials(tmp_path, 0, _partial(monitor, evs, offset=3, lineage="a"))  # same version, new content
     os.utime(path, ns=(first.st_atime_ns, first.st_mtime_ns))  # as if written within the same clock tick
@@ -271,14 +271,14 @@ def _garbage(monitor: sm.Monitor) -> dict[str, bytes]:
     return {
         "truncated": good[: len(good) // 2],
         "empty": b"",
-        "not a pickle": b"\x00garbage\xff" * 100,
+        "not data": b"\x00garbage\xff" * 100,
         "a pickle of a list": pickle.dumps([1, 2, 3]),
         "another partition's file": dump_partials(monitor.pipeline.new_engine(monitor.metrics), partition=5,
                                                   offsets={("predictions", 5): 1}, lineage="a"),
     }
 
 
-@pytest.mark.parametrize("kind", ["truncated", "empty", "not a pickle", "a pickle of a list", "another partition's file"])
+@pytest.mark.parametrize("kind", ["truncated", "empty", "not data", "a pickle of a list", "another partition's file"])
 def test_a_corrupt_partials_file_keeps_the_last_good_value_and_is_counted_and_logged_once(tmp_path, caplog, kind):
     monitor = counting()
     exporter = monitor._exporting(str(tmp_path))
@@ -287,7 +287,7 @@ def test_a_corrupt_partials_file_keeps_the_last_good_value_and_is_counted_and_lo
     assert exporter.refresh() and monitor.value("n") == 3
     assert _errors(monitor) == {}
 
-    path = tmp_path / "partials-0.pkl"
+    path = tmp_path / "partials-0.msgpack"
     path.write_bytes(_garbage(monitor)[kind])
     _always_reread(path)
     caplog.clear()
@@ -295,7 +295,7 @@ def test_a_corrupt_partials_file_keeps_the_last_good_value_and_is_counted_and_lo
         assert not exporter.refresh()
     assert monitor.value("n") == 3
     assert _errors(monitor) == {"0": 1}
-    refusals = [r for r in caplog.records if "partials-0.pkl" in r.getMessage()]
+    refusals = [r for r in caplog.records if "partials-0.msgpack" in r.getMessage()]
     assert len(refusals) == 1 and refusals[0].levelname == "ERROR"
     assert "partition 0 keeps its last good partial until the file changes" in refusals[0].getMessage()
 
@@ -308,7 +308,7 @@ def test_a_corrupt_partials_file_keeps_the_last_good_value_and_is_counted_and_lo
 def test_the_export_loop_goes_on_past_a_corrupt_file_of_a_partition_never_read(tmp_path, caplog):
     monitor = counting()
     write_partials(tmp_path, 0, _partial(monitor, [{"id": "a", "ts": 1, "prediction": 1}], offset=1, lineage="a"))
-    (tmp_path / "partials-1.pkl").write_bytes(b"\x80\x05garbage")  # a worker died mid-copy, or a disk filled
+    (tmp_path / "partials-1.msgpack").write_bytes(b"\x80\x05garbage")  # a worker died mid-copy, or a disk filled
     rounds = []
 
     def until() -> bool:
@@ -326,5 +326,62 @@ def test_a_worker_takes_a_fresh_lineage_over_a_garbage_partials_file(tmp_path):
     from streammon.state_dir import StateDirectory
 
     monitor = counting()
-    (tmp_path / "partials-0.pkl").write_bytes(b"\x80\x05garbage")
+    (tmp_path / "partials-0.msgpack").write_bytes(b"\x80\x05garbage")
     assert published_lineage(StateDirectory(tmp_path), 0, monitor.pipeline.new_engine(monitor.metrics)) is None
+
+
+def test_a_partials_file_that_is_a_pickle_is_refused_unrun_and_old_pickled_partials_are_named_and_ignored(tmp_path, caplog):
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Payload:  # what anyone who can write to the directory could leave there
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "partials-0.msgpack").write_bytes(pickle.dumps({"partition": 0, "p": Payload()}))
+    (tmp_path / "partials-1.pkl").write_bytes(pickle.dumps({"partition": 1, "p": Payload()}))  # an older release's
+    monitor = counting()
+    exporter = monitor._exporting(str(tmp_path))
+    assert "partials file(s) of an older streammon (partials-<i>.pkl, pickles): they are not read" in caplog.text
+    assert not exporter.refresh()
+    assert not marker.exists()
+    assert _errors(monitor) == {"0": 1}
+    assert "it is a pickle, which streammon no longer reads from another process" in caplog.text
+
+
+def test_scaled_out_an_operator_whose_state_cannot_travel_as_data_is_refused_at_registration_with_the_fix():
+    class Opaque:
+        def __init__(self):
+            self.parts = None
+
+        def update(self, x):
+            self.parts = self.parts or [Part()]
+
+        def merge(self, other):
+            pass
+
+        def get(self):
+            return 0.0
+
+    class Part:
+        pass
+
+    monitor = sm.Monitor("x", windows=[sm.Cumulative()])
+    monitor.track(ops.Count(of="prediction"), name="n")
+    monitor.track(Opaque(), of="score", name="opaque")
+    require_mergeable(monitor.metrics)  # an empty one travels; what it creates later is found by the exporter
+    opaque = monitor.metrics[1].prototype
+    opaque.update(1.0)
+    from streammon.state_codec import StateShapeError, decode_state, encode_state
+    with pytest.raises(StateShapeError, match=r"parts\[0\]: a .*Part where this app's operator holds no object"):
+        decode_state(encode_state(opaque), Opaque())
+
+    class WithArray(Opaque):
+        def __init__(self):
+            self.parts = __import__("numpy").array([object()])
+
+    bad = sm.Monitor("y", windows=[sm.Cumulative()])
+    bad.track(WithArray(), of="score", name="with_array")
+    with pytest.raises(RegistrationError, match=r"metric 'with_array'.*cannot be sent to the exporter as data.*numbers and bools only"):
+        require_mergeable(bad.metrics)

@@ -97,7 +97,7 @@ def test_a_snapshot_that_cannot_be_read_names_it(tmp_path):
 
 def test_partials_that_cannot_be_written_name_them(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(CheckpointError, match=r"cannot write the partial aggregates .*partials-3\.pkl: Not a directory"):
+    with pytest.raises(CheckpointError, match=r"cannot write the partial aggregates .*partials-3\.msgpack: Not a directory"):
         write_partials(tmp_path / "file", 3, b"x")
 
 

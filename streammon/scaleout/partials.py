@@ -1,7 +1,9 @@
 """Partial aggregates of one input partition, and their merge into the global view.
 
 Scaled out, each worker writes, for every partition it owns, a small file: each metric's per-series,
-per-pane partial operators (never events), the partition's counters and its stream time. The
+per-pane partial operators (never events), the partition's counters and its stream time, as data
+(:mod:`streammon.state_codec`: the exporter rebuilds the operators after its own app's, so a file
+can hold wrong numbers at worst, never code to run). The
 exporter keeps the newest partial of every partition and merges them: panes still inside the
 window at the global stream time (the largest of all partitions) are merged per series, so the
 result equals what one worker reading every partition would publish for the same windows.
@@ -22,7 +24,8 @@ from ..engine import Engine, Health, SeriesKeys
 from ..errors import CheckpointError, RegistrationError
 from ..join import JoinCounts
 from ..operators.base import fresh_copy
-from ..snapshot import dumps, loads, signature
+from ..snapshot import signature
+from ..state_codec import decode_state, encode_state
 from ..state_dir import StateDirectory, write_atomically
 from ..window_state import CumulativeState, PaneState, WindowState
 from ..windows import Sliding
@@ -31,11 +34,12 @@ if TYPE_CHECKING:
     from ..registry import Tracked
     from ..settings import MonitorSettings
 
-__all__ = ["PartialsExporter", "MergedView", "require_mergeable", "dump_partials", "merge_partials", "write_partials",
-           "published_lineage"]
+__all__ = ["PartialsExporter", "MergedView", "require_mergeable", "dump_partials", "load_partials", "merge_partials",
+           "write_partials", "published_lineage", "PARTIALS_FORMAT"]
 
 log = logging.getLogger("streammon")
 _SETTLED_NS = 100_000_000  # 0.1 s: longer than any file-time tick
+PARTIALS_FORMAT = 2  # 1: pickles
 
 
 def require_mergeable(metrics: list[Tracked]) -> None:
@@ -49,6 +53,14 @@ def require_mergeable(metrics: list[Tracked]) -> None:
             f"ops.Accuracy() for river.metrics.Accuracy()), add merge() to your operator, or run a single worker "
             f"without scale-out"
         )
+    for t in metrics:
+        try:
+            decode_state(encode_state(fresh_copy(t.prototype)), t.prototype)
+        except CheckpointError as exc:
+            raise RegistrationError(
+                f"scaled out, metric {t.name!r}'s operator ({type(t.prototype).__name__}) cannot be sent to the exporter "
+                f"as data ({exc}); keep its state in numbers, strings, lists, dicts, numpy arrays of numbers, or "
+                f"objects it creates in __init__, or run a single worker without scale-out") from None
 
 
 def _window_partials(state: WindowState) -> dict[int, list[tuple[int, Any, int]]]:
@@ -60,9 +72,10 @@ def _window_partials(state: WindowState) -> dict[int, list[tuple[int, Any, int]]
 
 
 def dump_partials(engine: Engine, *, partition: int, offsets: Mapping[tuple[str, int], int], lineage: str) -> bytes:
+    """A partition's partials as data (:mod:`streammon.state_codec`): a header, then the operators."""
     store = engine.store
-    state = {
-        "format": 1,
+    header = {
+        "format": PARTIALS_FORMAT,
         "signature": signature(engine),
         "partition": partition,
         "lineage": lineage,
@@ -74,11 +87,37 @@ def dump_partials(engine: Engine, *, partition: int, offsets: Mapping[tuple[str,
         "overflow": dict(engine.keys.overflow),
         "health": dict(engine.health.__dict__),
         "pending": (store.pending_predictions, store.pending_feedback),
-        "counts": store.counts,
-        "windows": {t.name: [_window_partials(s) for s in states] for t, states in engine.metrics},
+        "counts": dict(vars(store.counts)),
         "metric_start": dict(engine.metric_start),
     }
-    return dumps(state, engine)
+    windows = {t.name: [_window_partials(s) for s in states] for t, states in engine.metrics}
+    return encode_state({"header": header, "windows": encode_state(windows)})
+
+
+def _header(data: bytes) -> tuple[dict[str, Any], bytes]:
+    if data[:1] == b"\x80":
+        raise CheckpointError("it is a pickle, which streammon no longer reads from another process; the workers "
+                              "of this version write their partials as data")
+    outer = decode_state(data, {"header": {}, "windows": b""})
+    if not isinstance(outer, dict) or not isinstance(outer.get("header"), dict) or not isinstance(outer.get("windows"), bytes):
+        raise CheckpointError("it is not a partials file of this version of streammon")
+    header = outer["header"]
+    if header.get("format") != PARTIALS_FORMAT:
+        raise CheckpointError(f"its format is {header.get('format')!r}, not {PARTIALS_FORMAT}: written by another "
+                              f"version of streammon")
+    return header, outer["windows"]
+
+
+def load_partials(data: bytes, engine: Engine) -> dict[str, Any]:
+    """What :func:`dump_partials` wrote, its operators rebuilt after ``engine``'s (the app's own) prototypes.
+
+    Refused (:class:`~streammon.errors.CheckpointError`, with the reason) unless written by the same app."""
+    header, windows = _header(data)
+    if header.get("signature") != signature(engine):
+        raise CheckpointError("the app's metrics differ from the ones of the worker that wrote it (a metric, window or "
+                              "segment added, removed or changed); run the exporter with the workers' app")
+    template = {t.name: [{0: [(0, t.prototype, 0)]} for _ in t.windows] for t, _ in engine.metrics}
+    return {**header, "windows": decode_state(windows, template)}
 
 
 @dataclass(eq=False)
@@ -131,7 +170,7 @@ def merge_partials(settings: MonitorSettings, metrics: list[Tracked], partials: 
         _add_health(view.health, part["health"])
         view.pending_predictions += part["pending"][0]
         view.pending_feedback += part["pending"][1]
-        for name, n in vars(part["counts"]).items():
+        for name, n in part["counts"].items():
             setattr(view.counts, name, getattr(view.counts, name) + n)
         for label, n in part["overflow"].items():
             overflow[label] += n
@@ -183,6 +222,11 @@ class PartialsExporter:
         self.errors: dict[str, int] = defaultdict(int)  # partition (from the file name) -> file versions refused
         self._seen: dict[Path, tuple[tuple[int, int, int], int]] = {}  # file -> (its stat, wall ns) when last read
         self._refused: dict[Path, tuple[int, int, int]] = {}  # file -> stat of the version last refused
+        pickled = self.layout.pickled_partials_files()
+        if pickled:
+            log.warning("%s holds %d partials file(s) of an older streammon (partials-<i>.pkl, pickles): they are not "
+                        "read; this version's workers write partials-<i>.msgpack. Delete the old files once every worker "
+                        "runs this version", self.directory, len(pickled))
 
     def refresh(self) -> bool:
         """Read what changed; rebuild the view if any partition moved on. True when it did."""
@@ -206,7 +250,7 @@ class PartialsExporter:
                 self._refuse(path, key, f"cannot read it: {exc.strerror or exc}")
                 continue
             try:
-                part = _checked(loads(data, self.engine), path, self.layout)
+                part = _checked(load_partials(data, self.engine), path, self.layout)
             except CheckpointError as exc:
                 self._refuse(path, key, str(exc))
                 continue
@@ -265,7 +309,7 @@ def _checked(part: Any, path: Path, layout: StateDirectory) -> dict[str, Any]:
 def published_lineage(layout: StateDirectory, partition: int, engine: Engine) -> str | None:
     """The lineage of the partials last published for ``partition``, if any can be read."""
     try:
-        return loads(layout.partials(partition).read_bytes(), engine)["lineage"]
+        return _header(layout.partials(partition).read_bytes())[0]["lineage"]
     except Exception:  # noqa: BLE001 - unreadable or garbage: a fresh lineage, and the file is overwritten
         return None
 

@@ -4,7 +4,7 @@ Each partition has its own join store, window partials, counters, stream time an
 checkpointed together to ``<state_dir>/partition-<i>.pkl``. When the group takes a partition away,
 the worker checkpoints it before letting go; the worker that gets it restores that checkpoint and
 seeks to its offsets. Every ``publish_interval`` the worker writes each partition's partial
-aggregates (``partials-<i>.pkl``), which ``Monitor.export`` merges into the global metrics.
+aggregates (``partials-<i>.msgpack``, data), which ``Monitor.export`` merges into the global metrics.
 """
 
 from __future__ import annotations
