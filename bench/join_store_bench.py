@@ -57,7 +57,8 @@ def run_one(kind: str, size: int, batches: int) -> dict:
 
     started = time.perf_counter()
     t = 0.0
-    fill_curve = []  # (entries, us per prediction over the last tenth of the fill incl. commits, RSS MiB)
+    # (entries, us per prediction over the last tenth of the fill incl. commits, RSS MiB[, what RocksDB says it holds, MiB])
+    fill_curve = []
     tenth, mark, marked_at = max(size // 10, BATCH), 0, started
     for _ in range(0, size, BATCH):
         p, i, ts, c, v, s = predictions(BATCH, t)
@@ -68,7 +69,8 @@ def run_one(kind: str, size: int, batches: int) -> dict:
         if made - mark >= tenth:
             now = time.perf_counter()
             fill_curve.append((made, round((now - marked_at) / (made - mark) * 1e6, 3),
-                               round((rss_bytes() - rss_before) / 2**20, 1)))
+                               round((rss_bytes() - rss_before) / 2**20, 1),
+                               *([round(sum(store.memory_usage().values()) / 2**20, 1)] if kind == "disk" else [])))
             mark, marked_at = made, now
     if commit is not None:
         commit()
@@ -111,6 +113,7 @@ def run_one(kind: str, size: int, batches: int) -> dict:
         out["commit_us_per_change"] = round(sum(c for c, _ in commits) / sum(n for _, n in commits) * 1e6, 3)
         out["disk_mib"] = round(sum(f.stat().st_size for f in Path(workdir).rglob("*") if f.is_file()) / 2**20, 1)
     if kind == "disk":
+        out["rocksdb_mib"] = {k: round(v / 2**20, 1) for k, v in store.memory_usage().items()}
         store.close()
     subprocess.run(["rm", "-rf", workdir], check=False)
     return out

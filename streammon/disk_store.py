@@ -86,6 +86,7 @@ class DiskJoinStore(OneEventAtATime):
             opts.create_missing_column_families(True)
             names = [*IndexedTable.columns("pred"), *IndexedTable.columns("early"), "meta"]
             self.db = Rdict(str(self.path), opts, column_families={name: opts for name in names})
+            self._families = [self.db.get_column_family(name) for name in names]
         except Exception as exc:
             raise engine_storage_error("open the join store at", self.path, exc) from exc
         self._pred = IndexedTable(self.db, "pred", tag_at=3)  # [ts, seq, code, state, score, prediction]
@@ -138,13 +139,23 @@ class DiskJoinStore(OneEventAtATime):
         """What the last :meth:`commit` wrote under ``key``."""
         return self._meta.get(key)
 
+    def memory_usage(self) -> dict[str, int]:
+        """Bytes RocksDB holds in memory, by what for (its own estimates): the block cache (of it, the pinned
+        part), the index and filter blocks held outside it, and the memtables; all column families."""
+        def total(prop: str) -> int:
+            return sum(cf.property_int_value(prop) or 0 for cf in self._families)
+        return {"block_cache": self.db.property_int_value("rocksdb.block-cache-usage") or 0,
+                "block_cache_pinned": self.db.property_int_value("rocksdb.block-cache-pinned-usage") or 0,
+                "table_readers": total("rocksdb.estimate-table-readers-mem"),
+                "memtables": total("rocksdb.cur-size-all-mem-tables")}
+
     def close(self) -> None:
         """Release the files; the counters stay readable (a stopped worker's /metrics still shows them)."""
         if self._closed_early is not None:
             return
         self._closed_early = self._early.count
         # The column families' handles keep RocksDB (and its lock) open until they are gone too.
-        del self._pred, self._early, self._meta, self._meta_handle
+        del self._pred, self._early, self._meta, self._meta_handle, self._families
         self.db.close()
 
     # -- the JoinStore protocol ---------------------------------------------------------------

@@ -40,7 +40,10 @@ class StateShapeError(CheckpointError):
 
 def encode_state(value: Any) -> bytes:
     """``value`` (an operator, or plain data holding some) as bytes for :func:`decode_state`."""
-    return _encode(_tree(value))
+    try:
+        return _encode(_tree(value))
+    except RecursionError:
+        raise StateShapeError("it refers to itself (a reference cycle) or nests too deep to be encoded") from None
 
 
 def decode_state(data: bytes, template: Any = None) -> Any:
@@ -49,10 +52,11 @@ def decode_state(data: bytes, template: Any = None) -> Any:
     Raises :class:`StateShapeError` naming where the data and the template part ways.
     """
     try:
-        tree = _decode(data)
+        return _build(_decode(data), template, "the state")
     except msgspec.DecodeError as exc:
         raise StateShapeError(f"it is not encoded state ({exc})") from None
-    return _build(tree, template, "the state")
+    except RecursionError:
+        raise StateShapeError("it nests too deep to be decoded") from None
 
 
 def _tree(obj: Any) -> Any:

@@ -206,3 +206,15 @@ def test_a_river_metric_round_trips():
     decoded = decode_state(encode_state(metric), river_metrics.ROCAUC())
     assert decoded.get() == metric.get()
     alike(decoded, metric)
+
+
+def test_a_reference_cycle_or_a_deep_nest_is_refused_not_a_crash():
+    class Node:
+        def __init__(self):
+            self.me = self
+
+    with pytest.raises(StateShapeError, match="reference cycle"):
+        encode_state(Node())
+    deep = b"\x92\x00" * 100_000 + b"\xc0"  # [0, [0, [0, ... None]]]: 100,000 lists deep
+    with pytest.raises(StateShapeError, match=r"too deep|not encoded state"):
+        decode_state(deep)
