@@ -108,9 +108,13 @@ class WindowState:
         self.prototype = prototype
         self.caps = caps
         self.errors = errors
+        # (code, pane) fed since a scaled-out worker last sent its deltas (pane None: the series was only
+        # touched), from its first delta on (None until then: nobody reads it); not saved: after a
+        # restore a worker sends everything.
+        self.changed: set[tuple[int, int | None]] | None = None
 
     # Set at registration from the app's code, so a snapshot holds only what the window accumulated.
-    _WIRING = ("window", "prototype", "caps", "errors")
+    _WIRING = ("window", "prototype", "caps", "errors", "changed")
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint saves: everything but the wiring."""
@@ -120,10 +124,15 @@ class WindowState:
         self.__dict__.update(state)
 
     def add(self, grouped: Grouped) -> None:
+        changed = self.changed
         for code in grouped.touched:
             self._touch(code)
+            if changed is not None:
+                changed.add((code, None))
         for g in grouped.groups:
             self._add_group(g.code, g.pane, g.cols, g.ids)
+            if changed is not None:
+                changed.add((g.code, g.pane))
 
     def advance(self, stream_time: float) -> None:
         """Drop what the window no longer covers at ``stream_time``."""
