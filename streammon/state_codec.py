@@ -97,12 +97,19 @@ def _plain(obj: Any) -> Any:
     return next(base(obj) for base in bases if isinstance(obj, base))
 
 
-def _slots(obj: Any) -> list[str]:
-    return [name for cls in type(obj).__mro__ for name in getattr(cls, "__slots__", ()) if name not in ("__dict__", "__weakref__")]
+_SLOTS: dict[type, tuple[str, ...]] = {}
+
+
+def _slots_of(cls: type) -> tuple[str, ...]:
+    slots = _SLOTS.get(cls)
+    if slots is None:
+        slots = _SLOTS[cls] = tuple(name for c in cls.__mro__ for name in getattr(c, "__slots__", ())
+                                    if name not in ("__dict__", "__weakref__"))
+    return slots
 
 
 def _attributes(obj: Any) -> list[tuple[str, Any]]:
-    found = [(name, getattr(obj, name)) for name in _slots(obj) if hasattr(obj, name)]
+    found = [(name, getattr(obj, name)) for name in _slots_of(type(obj)) if hasattr(obj, name)]
     return found + list(getattr(obj, "__dict__", {}).items())
 
 
@@ -220,9 +227,9 @@ def _build_object(items: list, template: Any, where: str) -> Any:
             raise StateShapeError(f"{where}.{attribute}: unexpected {type(value).__name__}")
         object.__setattr__(obj, attribute, value)
         written.add(attribute)
-    held = _attributes(template)
-    if not written.issuperset(name for name, _ in held):
-        for attribute, value in held:
-            if attribute not in written:  # one the writer's version did not have: the template's own, not shared
-                object.__setattr__(obj, attribute, copy.deepcopy(value))
+    if written.issuperset(getattr(template, "__dict__", ())) and written.issuperset(_slots_of(type(template))):
+        return obj  # as usual: the writer had every attribute the template has
+    for attribute, value in _attributes(template):
+        if attribute not in written:  # one the writer's version did not have: the template's own, not shared
+            object.__setattr__(obj, attribute, copy.deepcopy(value))
     return obj
