@@ -36,7 +36,7 @@ from ..snapshot import signature
 from ..state_codec import decode_state, encode_state
 from ..window_state import CumulativeState, PaneState
 from ..windows import Sliding
-from .partials import MergedView, MergedWindow, _add_health
+from .partials import MergedView, MergedWindow, add_counters
 
 if TYPE_CHECKING:
     from ..registry import Tracked
@@ -197,16 +197,7 @@ class DeltaView:
         view.stream_time = self.stream_time
         overflow: dict[str, int] = defaultdict(int)
         for held in self.partitions.values():
-            part = held.header
-            _add_health(view.health, part["health"])
-            view.pending_predictions += part["pending"][0]
-            view.pending_feedback += part["pending"][1]
-            for name, n in part["counts"].items():
-                setattr(view.counts, name, getattr(view.counts, name) + n)
-            for label, n in part["overflow"].items():
-                overflow[label] += n
-            for metric, started in part.get("metric_start", {}).items():
-                view.metric_start[metric] = min(started, view.metric_start.get(metric, started))
+            add_counters(view, held.header, overflow)
         for tracked in self.metrics:
             states = []
             for i, window in enumerate(tracked.windows):

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..registry import Tracked
     from ..settings import MonitorSettings
 
-__all__ = ["PartialsExporter", "MergedView", "require_mergeable", "dump_partials", "load_partials", "merge_partials",
+__all__ = ["PartialsExporter", "MergedView", "require_mergeable", "dump_partials", "load_partials", "merge_partials", "add_counters",
            "write_partials", "published_lineage", "PARTIALS_FORMAT"]
 
 log = logging.getLogger("streammon")
@@ -159,6 +159,19 @@ def _add_health(total: Health, part: Mapping[str, Any]) -> None:
     total.batch_seconds += part["batch_seconds"]
 
 
+def add_counters(view: MergedView, part: Mapping[str, Any], overflow: dict[str, int]) -> None:
+    """Add one partition's counters (health, join counts, pending, overflow, metric starts) to ``view``'s."""
+    _add_health(view.health, part["health"])
+    view.pending_predictions += part["pending"][0]
+    view.pending_feedback += part["pending"][1]
+    for name, n in part["counts"].items():
+        setattr(view.counts, name, getattr(view.counts, name) + n)
+    for label, n in part["overflow"].items():
+        overflow[label] += n
+    for metric, started in part.get("metric_start", {}).items():  # the earliest partition's start
+        view.metric_start[metric] = min(started, view.metric_start.get(metric, started))
+
+
 def merge_partials(settings: MonitorSettings, metrics: list[Tracked], partials: list[dict[str, Any]]) -> MergedView:
     """The global view: per metric and window, the merge of every partition's panes still in the window."""
     s = settings
@@ -167,15 +180,7 @@ def merge_partials(settings: MonitorSettings, metrics: list[Tracked], partials: 
     view.stream_time = max((p["stream_time"] for p in partials), default=-math.inf)
     overflow: dict[str, int] = defaultdict(int)
     for part in partials:
-        _add_health(view.health, part["health"])
-        view.pending_predictions += part["pending"][0]
-        view.pending_feedback += part["pending"][1]
-        for name, n in part["counts"].items():
-            setattr(view.counts, name, getattr(view.counts, name) + n)
-        for label, n in part["overflow"].items():
-            overflow[label] += n
-        for metric, started in part.get("metric_start", {}).items():  # the earliest partition's start
-            view.metric_start[metric] = min(started, view.metric_start.get(metric, started))
+        add_counters(view, part, overflow)
     # Each partition numbers its series itself: they meet by their labels.
     remaps = [[keys.code(labels[0], dict(zip(s.segments, labels[1:]))) for labels in part["labels"]] for part in partials]
     for tracked in metrics:
