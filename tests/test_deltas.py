@@ -15,9 +15,8 @@ from streammon import operators as ops
 from streammon.connectors import Message
 from streammon.errors import CheckpointError
 from streammon.scaleout import dump_partials, merge_partials
-from streammon.scaleout.deltas import DeltaView, take_delta
-from streammon.scaleout.partials import load_partials
-from streammon.state_codec import decode_state
+from streammon.scaleout.deltas import DELTA_FORMAT, DeltaView, take_delta
+from streammon.scaleout.partials import decode_operators, load_partials, read_header
 from tests.test_engine_properties import FEEDBACK_TTL, PREDICTION_TTL, streams
 from tests.test_partials import build, partition_of
 
@@ -113,7 +112,7 @@ def test_a_delta_carries_only_what_changed_since_the_last():
     view = DeltaView(monitor.settings, monitor.pipeline.new_engine(monitor.metrics))
 
     def panes_in(delta: bytes) -> list[int]:  # per window, the (series, pane) entries a delta carries
-        windows = decode_state(decode_state(delta, {"header": {}, "windows": b""})["windows"], view._template)
+        windows = decode_operators(*read_header(delta, format=DELTA_FORMAT, what="a delta"), view.engine)
         return [sum(len(entries) for entries in w.values()) for w in windows["n"]]
     # Every series: its cumulative total, and in Sliding(20, 10) (panes 48 and 49 inside at stream time 499)
     # one pane each for the 20 series with an event since 480, the 30 others as existing.

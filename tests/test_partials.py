@@ -325,9 +325,8 @@ def test_a_worker_takes_a_fresh_lineage_over_a_garbage_partials_file(tmp_path):
     from streammon.scaleout.partials import published_lineage
     from streammon.state_dir import StateDirectory
 
-    monitor = counting()
     (tmp_path / "partials-0.msgpack").write_bytes(b"\x80\x05garbage")
-    assert published_lineage(StateDirectory(tmp_path), 0, monitor.pipeline.new_engine(monitor.metrics)) is None
+    assert published_lineage(StateDirectory(tmp_path), 0) is None
 
 
 def test_a_partials_file_that_is_a_pickle_is_refused_unrun_and_old_pickled_partials_are_named_and_ignored(tmp_path, caplog):
@@ -385,3 +384,27 @@ def test_scaled_out_an_operator_whose_state_cannot_travel_as_data_is_refused_at_
     bad.track(WithArray(), of="score", name="with_array")
     with pytest.raises(RegistrationError, match=r"metric 'with_array'.*cannot be sent to the exporter as data.*numbers and bools only"):
         require_mergeable(bad.metrics)
+
+
+def test_a_metric_whose_state_stops_travelling_as_data_is_sent_empty_counted_and_the_others_go_on(tmp_path):
+    class GrowsAnObjectArray:  # encodable when registered, not once fed
+        def __init__(self):
+            self.held = None
+
+        def update(self, x):
+            self.held = __import__("numpy").array([object()])
+
+        def merge(self, other):
+            pass
+
+        def get(self):
+            return 0.0
+
+    monitor = counting()
+    monitor.track(GrowsAnObjectArray(), of="score", name="odd")
+    exporter = monitor._exporting(str(tmp_path))
+    write_partials(tmp_path, 0, _partial(monitor, [{"id": f"p{i}", "ts": i, "prediction": 1, "score": 0.5} for i in range(3)],
+                                         offset=3, lineage="a"))
+    assert exporter.refresh() and monitor.value("n") == 3
+    errors = {s.labels["metric"]: s.value for s in monitor.values() if s.name == "streammon_operator_errors_total"}
+    assert errors == {"odd": 1}

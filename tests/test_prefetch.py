@@ -66,3 +66,21 @@ def _broken_source():
 def test_a_source_that_cannot_start_fails_here_with_its_reason():
     with pytest.raises(SourceError, match="did not start: SourceError: topic\\(s\\) predictions not found"):
         PrefetchingSource(_broken_source)
+
+
+def test_a_pipe_reset_by_a_killed_parent_reads_as_the_parent_gone_not_as_a_failure():
+    from streammon.connectors.prefetch import _ParentPipe
+
+    class Reset:
+        def send(self, *args):
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+        recv = poll = send
+
+    pipe = _ParentPipe(Reset())
+    with pytest.raises(EOFError):
+        pipe.recv()
+    with pytest.raises(EOFError):
+        pipe.poll(0.1)
+    with pytest.raises(BrokenPipeError):
+        pipe.send(("health",))

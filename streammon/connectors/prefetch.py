@@ -258,7 +258,34 @@ class _Child:
                 self.conn.send(("health", *self.health()))
 
 
+class _ParentPipe:
+    """The child's end of the pipe. A parent killed outright resets it: that reads as the parent having
+    gone (EOF on a read, a broken pipe on a write), not as a failure of the source to log."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def send(self, message: Any) -> None:
+        try:
+            self._conn.send(message)
+        except ConnectionResetError:
+            raise BrokenPipeError from None
+
+    def recv(self) -> Any:
+        try:
+            return self._conn.recv()
+        except ConnectionResetError:
+            raise EOFError from None
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        try:
+            return self._conn.poll(timeout)
+        except ConnectionResetError:
+            raise EOFError from None
+
+
 def _child(factory: Callable[[], Any], conn: Any, depth: int, max_records: int) -> None:
+    conn = _ParentPipe(conn)
     # Parsing records allocates many short-lived objects and keeps none: the cyclic GC need not
     # rescan the client's long-lived state after every 700 of them (as Monitor.run does for the worker).
     gc.freeze()

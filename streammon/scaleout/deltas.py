@@ -30,13 +30,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..engine import Engine, SeriesKeys
-from ..errors import CheckpointError
 from ..operators.base import fresh_copy
-from ..snapshot import signature
-from ..state_codec import decode_state, encode_state
 from ..window_state import CumulativeState, PaneState
 from ..windows import Sliding
-from .partials import MergedView, MergedWindow, add_counters
+from .partials import (
+    MergedView,
+    MergedWindow,
+    add_counters,
+    decode_operators,
+    encode_partials,
+    engine_header,
+    read_header,
+)
 
 if TYPE_CHECKING:
     from ..registry import Tracked
@@ -52,17 +57,10 @@ def take_delta(engine: Engine, *, partition: int, offsets: Mapping[tuple[str, in
                labels_sent: int, full: bool = False) -> tuple[bytes, int]:
     """The delta of ``engine`` since the last one taken (``full``: all of it), and how many series labels
     it has sent so far (pass it back as ``labels_sent`` next time; 0 with ``full``)."""
-    store = engine.store
     sent = 0 if full else labels_sent
-    header = {
-        "format": DELTA_FORMAT, "signature": signature(engine), "partition": partition, "lineage": lineage,
-        "version": sum(offsets.values()), "full": full, "stream_time": engine.stream_time,
-        "labels_from": sent, "labels": list(engine.keys.labels[sent:]), "overflow": dict(engine.keys.overflow),
-        "health": dict(engine.health.__dict__), "pending": (store.pending_predictions, store.pending_feedback),
-        "counts": dict(vars(store.counts)), "metric_start": dict(engine.metric_start),
-    }
-    windows = {t.name: [_changed(s, full) for s in states] for t, states in engine.metrics}
-    return encode_state({"header": header, "windows": encode_state(windows)}), len(engine.keys.labels)
+    header = engine_header(engine, format=DELTA_FORMAT, partition=partition, offsets=offsets, lineage=lineage)
+    header.update(full=full, labels_from=sent, labels=list(engine.keys.labels[sent:]))
+    return encode_partials(engine, header, lambda state: _changed(state, full)), len(engine.keys.labels)
 
 
 def _changed(state: Any, full: bool) -> dict[int, list[tuple[int, Any, int]]]:
@@ -110,7 +108,6 @@ class DeltaView:
         self.keys = SeriesKeys(settings.segments, settings.max_segment_values)
         self.partitions: dict[int, _Partition] = {}
         self.stream_time = -math.inf
-        self._template = {t.name: [{0: [(0, t.prototype, 0)]} for _ in t.windows] for t in self.metrics}
         # per metric, per window: view code -> [merged partial, count]; and the codes to merge again
         self._merged: dict[str, list[dict[int, list]]] = {t.name: [{} for _ in t.windows] for t in self.metrics}
         self._dirty: dict[str, list[set[int]]] = {t.name: [set() for _ in t.windows] for t in self.metrics}
@@ -121,15 +118,8 @@ class DeltaView:
     def apply(self, data: bytes) -> bool:
         """Apply one delta; False when it is one a view must skip (behind, or of a lineage not begun with a
         full delta). Raises :class:`~streammon.errors.CheckpointError` with the reason for one it cannot use."""
-        outer = decode_state(data, {"header": {}, "windows": b""})
-        if not isinstance(outer, dict) or not isinstance(outer.get("header"), dict) or not isinstance(outer.get("windows"), bytes):
-            raise CheckpointError("it is not a partials delta of this version of streammon")
-        header = outer["header"]
-        if header.get("format") != DELTA_FORMAT:
-            raise CheckpointError(f"its format is {header.get('format')!r}, not {DELTA_FORMAT}")
-        if header.get("signature") != signature(self.engine):
-            raise CheckpointError("the app's metrics differ from the ones of the worker that sent it; run the exporter "
-                                  "with the workers' app")
+        header, encoded = read_header(data, format=DELTA_FORMAT, what="a partials delta")
+        windows = decode_operators(header, encoded, self.engine)  # refused (another app) before anything changes
         number = header["partition"]
         held = self.partitions.get(number)
         if header["full"]:
@@ -141,7 +131,6 @@ class DeltaView:
                                                         panes={t.name: [{} for _ in t.windows] for t in self.metrics})
         elif held is None or held.lineage != header["lineage"] or header["labels_from"] != len(held.labels):
             return False
-        windows = decode_state(outer["windows"], self._template)
         held.header, held.version = header, header["version"]
         segments = self.settings.segments
         for labels in header["labels"]:

@@ -25,7 +25,7 @@ from ..errors import CheckpointError, RegistrationError
 from ..join import JoinCounts
 from ..operators.base import fresh_copy
 from ..snapshot import signature
-from ..state_codec import decode_state, encode_state
+from ..state_codec import StateShapeError, decode_state, encode_state
 from ..state_dir import StateDirectory, write_atomically
 from ..window_state import CumulativeState, PaneState, WindowState
 from ..windows import Sliding
@@ -71,11 +71,12 @@ def _window_partials(state: WindowState) -> dict[int, list[tuple[int, Any, int]]
     return {code: [(pane, entry[0], entry[1]) for pane, entry in panes.items()] for code, panes in state.panes.items()}
 
 
-def dump_partials(engine: Engine, *, partition: int, offsets: Mapping[tuple[str, int], int], lineage: str) -> bytes:
-    """A partition's partials as data (:mod:`streammon.state_codec`): a header, then the operators."""
+def engine_header(engine: Engine, *, format: int, partition: int, offsets: Mapping[tuple[str, int], int],
+                  lineage: str) -> dict[str, Any]:
+    """What partials and deltas of a partition say besides its operators: its counters, whole."""
     store = engine.store
-    header = {
-        "format": PARTIALS_FORMAT,
+    return {
+        "format": format,
         "signature": signature(engine),
         "partition": partition,
         "lineage": lineage,
@@ -83,41 +84,68 @@ def dump_partials(engine: Engine, *, partition: int, offsets: Mapping[tuple[str,
         "version": sum(offsets.values()),
         "written": time.time(),
         "stream_time": engine.stream_time,
-        "labels": list(engine.keys.labels),
         "overflow": dict(engine.keys.overflow),
         "health": dict(engine.health.__dict__),
         "pending": (store.pending_predictions, store.pending_feedback),
         "counts": dict(vars(store.counts)),
         "metric_start": dict(engine.metric_start),
     }
-    windows = {t.name: [_window_partials(s) for s in states] for t, states in engine.metrics}
-    return encode_state({"header": header, "windows": encode_state(windows)})
 
 
-def _header(data: bytes) -> tuple[dict[str, Any], bytes]:
+def encode_partials(engine: Engine, header: dict[str, Any], partials_of: Callable[[WindowState], Any]) -> bytes:
+    """``header`` and each metric's ``partials_of`` its window states, every metric encoded on its own: one
+    whose state cannot travel as data (see :mod:`streammon.state_codec`) is sent empty, counted in
+    ``streammon_operator_errors_total`` and logged, and the others go on."""
+    encoded = {}
+    for tracked, states in engine.metrics:
+        try:
+            encoded[tracked.name] = encode_state([partials_of(s) for s in states])
+        except StateShapeError as exc:
+            for window in tracked.windows:
+                engine.metric_error(tracked.name, window.label, exc)
+            encoded[tracked.name] = encode_state([{} for _ in states])
+    return encode_state({"header": header, "windows": encoded})
+
+
+def read_header(data: bytes, *, format: int, what: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The header of what :func:`encode_partials` wrote, and its metrics' operators still encoded."""
     if data[:1] == b"\x80":
         raise CheckpointError("it is a pickle, which streammon no longer reads from another process; the workers "
                               "of this version write their partials as data")
-    outer = decode_state(data, {"header": {}, "windows": b""})
-    if not isinstance(outer, dict) or not isinstance(outer.get("header"), dict) or not isinstance(outer.get("windows"), bytes):
-        raise CheckpointError("it is not a partials file of this version of streammon")
+    outer = decode_state(data, {"header": {}, "windows": {}})
+    if (not isinstance(outer, dict) or not isinstance(outer.get("header"), dict) or not isinstance(outer.get("windows"), dict)
+            or not all(isinstance(v, bytes) for v in outer["windows"].values())):
+        raise CheckpointError(f"it is not {what} of this version of streammon")
     header = outer["header"]
-    if header.get("format") != PARTIALS_FORMAT:
-        raise CheckpointError(f"its format is {header.get('format')!r}, not {PARTIALS_FORMAT}: written by another "
+    if header.get("format") != format:
+        raise CheckpointError(f"its format is {header.get('format')!r}, not {format}: written by another "
                               f"version of streammon")
     return header, outer["windows"]
+
+
+def decode_operators(header: dict[str, Any], encoded: dict[str, bytes], engine: Engine) -> dict[str, list]:
+    """Each metric's partials, its operators rebuilt after ``engine``'s (the app's own) prototypes; refused
+    unless the writer ran the same app."""
+    if header.get("signature") != signature(engine) or encoded.keys() != {t.name for t, _ in engine.metrics}:
+        raise CheckpointError("the app's metrics differ from the ones of the worker that wrote it (a metric, window or "
+                              "segment added, removed or changed); run the exporter with the workers' app")
+    return {t.name: decode_state(encoded[t.name], [{0: [(0, t.prototype, 0)]} for _ in t.windows])
+            for t, _ in engine.metrics}
+
+
+def dump_partials(engine: Engine, *, partition: int, offsets: Mapping[tuple[str, int], int], lineage: str) -> bytes:
+    """A partition's partials as data (:mod:`streammon.state_codec`): a header, then the operators."""
+    header = engine_header(engine, format=PARTIALS_FORMAT, partition=partition, offsets=offsets, lineage=lineage)
+    header["labels"] = list(engine.keys.labels)
+    return encode_partials(engine, header, _window_partials)
 
 
 def load_partials(data: bytes, engine: Engine) -> dict[str, Any]:
     """What :func:`dump_partials` wrote, its operators rebuilt after ``engine``'s (the app's own) prototypes.
 
     Refused (:class:`~streammon.errors.CheckpointError`, with the reason) unless written by the same app."""
-    header, windows = _header(data)
-    if header.get("signature") != signature(engine):
-        raise CheckpointError("the app's metrics differ from the ones of the worker that wrote it (a metric, window or "
-                              "segment added, removed or changed); run the exporter with the workers' app")
-    template = {t.name: [{0: [(0, t.prototype, 0)]} for _ in t.windows] for t, _ in engine.metrics}
-    return {**header, "windows": decode_state(windows, template)}
+    header, encoded = read_header(data, format=PARTIALS_FORMAT, what="a partials file")
+    return {**header, "windows": decode_operators(header, encoded, engine)}
 
 
 @dataclass(eq=False)
@@ -311,10 +339,10 @@ def _checked(part: Any, path: Path, layout: StateDirectory) -> dict[str, Any]:
     return part
 
 
-def published_lineage(layout: StateDirectory, partition: int, engine: Engine) -> str | None:
+def published_lineage(layout: StateDirectory, partition: int) -> str | None:
     """The lineage of the partials last published for ``partition``, if any can be read."""
     try:
-        return _header(layout.partials(partition).read_bytes())[0]["lineage"]
+        return read_header(layout.partials(partition).read_bytes(), format=PARTIALS_FORMAT, what="a partials file")[0]["lineage"]
     except Exception:  # noqa: BLE001 - unreadable or garbage: a fresh lineage, and the file is overwritten
         return None
 

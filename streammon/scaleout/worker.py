@@ -142,7 +142,7 @@ class PartitionWorker:
             # No checkpoint yet: a worker that died before its first one may have published partials
             # ahead of this fresh start. Taking their lineage keeps them shown until this one catches
             # up, rather than stepping the metric back to zero.
-            checkpointer.lineage = published_lineage(self.layout, number, engine) or uuid.uuid4().hex
+            checkpointer.lineage = published_lineage(self.layout, number) or uuid.uuid4().hex
         state = PartitionState(number, engine, checkpointer, dict(offsets or {}))
         self.states[number] = state
         return state
